@@ -1,0 +1,239 @@
+"""Simulated ophyd devices of the TXM, wired to the physics in :mod:`simulators.model`.
+
+The devices only connect parts (the ophyd-async habit): motors hold positions and advance
+the shared :class:`~simulators.timing.SimClock`; the detector asks :class:`SimTXM` for a
+frame at the current positions and writes it to an HDF5 file that the document stream
+references. The component names match the EPICS classes in :mod:`txm_live.devices.txm`,
+so plans cannot tell them apart.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.sim import SynAxis
+from ophyd.status import DeviceStatus
+
+from txm_live.devices.energy import FocusTrackingMixin
+from txm_live.devices.shutter import SoftShutter
+
+from .frame_writer import FRAME_TYPES, HDF5FrameFile
+from .timing import SimClock
+
+
+class SimMotor(SynAxis):
+    """A simulated axis that takes beamline time to move.
+
+    Parameters
+    ----------
+    clock : SimClock
+        Shared simulated time; a move schedules ``|Δ| / speed + settle_s`` on it (and sleeps
+        that long when the clock is realistic).
+    speed : float
+        Units per second (eV/s, mm/s, µm/s, deg/s as ``egu`` says).
+    settle_s : float
+        Settling time after any non-zero move, s.
+    """
+
+    def __init__(self, *, name, clock: SimClock, speed: float = 1.0, settle_s: float = 0.0, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.clock = clock
+        self.speed = float(speed)
+        self.settle_s = float(settle_s)
+
+    def set(self, value):
+        distance = abs(float(value) - float(self.sim_state["setpoint"]))
+        duration = distance / self.speed + self.settle_s if distance > 0 else 0.0
+        self.clock.schedule(duration)
+        self.delay = self.clock.wait_time(duration)
+        return super().set(float(value))
+
+
+class SimEnergy(FocusTrackingMixin, SimMotor):
+    """Monochromator energy (eV) with zone-plate/detector focus tracking."""
+
+
+class SimStage(Device):
+    """A stage of simulated motors that share one clock."""
+
+    def __init__(self, *args, clock: SimClock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+        for name in self.component_names:
+            child = getattr(self, name)
+            if isinstance(child, SimMotor):
+                child.clock = clock
+
+
+def _axis(egu: str, speed: float, settle_s: float = 0.0, value: float = 0.0) -> Cpt:
+    # The clock is handed over by SimStage.__init__ (Cpt kwargs are fixed at class level).
+    return Cpt(SimMotor, clock=None, speed=speed, settle_s=settle_s, egu=egu, value=value)
+
+
+class SimZonePlate(SimStage):
+    """Zone-plate stage: ``z`` is the sample → zone-plate distance (mm)."""
+
+    x = _axis("mm", 1.0)
+    y = _axis("mm", 1.0)
+    z = _axis("mm", 2.0, 0.1)
+
+
+class SimCondenser(SimStage):
+    """Capillary condenser stage (mm); the simulation keeps it aligned."""
+
+    x = _axis("mm", 1.0)
+    y = _axis("mm", 1.0)
+    z = _axis("mm", 1.0)
+
+
+class SimDetectorStage(SimStage):
+    """Detector stage: ``z`` is the sample → detector distance (mm)."""
+
+    z = _axis("mm", 20.0, 0.2)
+
+
+class SimSampleStage(SimStage):
+    """Sample stage: ``x``, ``y``, ``z`` in µm, rotation ``r`` in degrees about the vertical axis."""
+
+    x = _axis("um", 500.0, 0.2)
+    y = _axis("um", 500.0, 0.2)
+    z = _axis("um", 500.0, 0.2)
+    r = _axis("deg", 3.0)
+
+
+class SimShutter(SoftShutter):
+    """Photon shutter; opening or closing takes a fraction of a second."""
+
+    def __init__(self, *args, clock: SimClock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def set(self, value):
+        if value != self.state.get():
+            self.clock.schedule(0.5)
+        return super().set(value)
+
+
+class SimTXMDetector(Device):
+    """Area detector of the simulated TXM, writing frames to HDF5.
+
+    On ``trigger`` it reads where every motor is, asks the physics model for the frame
+    (drift, focus, illumination, noise), appends it to the run's HDF5 file under the
+    current ``frame_type`` and queues the ``stream_resource``/``stream_datum`` documents
+    that reference it. The frame itself never travels in an event.
+
+    Parameters
+    ----------
+    model : simulators.model.SimTXM
+        The physics.
+    data_dir : Path
+        Where the run's HDF5 files go (a folder the Tiled server may read).
+    energy, zone_plate, detector_stage, sample_stage, shutter
+        The devices whose positions define the frame.
+    clock : SimClock
+    """
+
+    exposure_time = Cpt(Signal, value=0.05, kind="config")
+    frame_type = Cpt(Signal, value="sample", kind="config")
+    mean_counts = Cpt(Signal, value=0.0, kind="hinted")
+    pixel_size_nm = Cpt(Signal, value=0.0, kind="config")
+    magnification = Cpt(Signal, value=0.0, kind="config")
+
+    readout_s = 0.02  # camera readout, s (Andor Neo / Kinetix class)
+
+    def __init__(self, *args, model, data_dir, energy, zone_plate, detector_stage, sample_stage, shutter,
+                 clock: SimClock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model = model
+        self.data_dir = Path(data_dir)
+        self.energy = energy
+        self.zone_plate = zone_plate
+        self.detector_stage = detector_stage
+        self.sample_stage = sample_stage
+        self.shutter = shutter
+        self.clock = clock
+        self._file: HDF5FrameFile | None = None
+        self.pixel_size_nm.put(float(model.pixel_size_nm))
+        self.magnification.put(float(model.config.optics.magnification))
+        #: Ground truth of every frame written, in order: dicts with frame_type, index, truth.
+        self.truth_log: list[dict] = []
+
+    @property
+    def image_key(self) -> str:
+        return f"{self.name}_image"
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.model.config.shape)
+
+    @property
+    def file_path(self) -> Path | None:
+        return None if self._file is None else self._file.path
+
+    def stage(self):
+        self._file = HDF5FrameFile(self.data_dir, self.image_key, self.frame_shape)
+        self.truth_log = []
+        return super().stage()
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def describe(self):
+        description = super().describe()
+        description[self.image_key] = {
+            "source": f"SIM:{self.name}",
+            "shape": list(self.frame_shape),
+            "dtype": "array",
+            "dtype_numpy": np.dtype(np.uint16).str,
+            "external": "STREAM:",
+        }
+        return description
+
+    def trigger(self):
+        if self._file is None:
+            raise RuntimeError(f"{self.name} must be staged before it is triggered (no file is open)")
+        frame_type = self.frame_type.get()
+        if frame_type not in FRAME_TYPES:
+            raise ValueError(f"{self.name}.frame_type must be one of {FRAME_TYPES}, got {frame_type!r}")
+        exposure_s = float(self.exposure_time.get())
+        start_s = self.clock.settle()
+        frame = self.model.acquire(
+            energy_ev=float(self.energy.position),
+            zp_z_mm=float(self.zone_plate.z.position),
+            det_z_mm=float(self.detector_stage.z.position),
+            sample_x_um=float(self.sample_stage.x.position),
+            sample_y_um=float(self.sample_stage.y.position),
+            theta_rad=math.radians(float(self.sample_stage.r.position)),
+            shutter_open=bool(self.shutter.is_open),
+            exposure_s=exposure_s,
+            time_s=start_s,
+        )
+        self.clock.advance(exposure_s + self.readout_s)
+        index = self._file.append(frame_type, frame.image)
+        self.truth_log.append({"frame_type": frame_type, "index": index, "truth": frame.truth})
+        self.mean_counts.put(float(frame.image.mean()))
+
+        status = DeviceStatus(self)
+        wait_s = self.clock.wait_time(exposure_s + self.readout_s)
+        if wait_s > 0:
+            threading.Timer(wait_s, status.set_finished).start()
+        else:
+            status.set_finished()
+        return status
+
+    def collect_asset_docs(self):
+        if self._file is not None:
+            yield from self._file.collect_asset_docs()
+
+    def truth_for(self, frame_type: str) -> list:
+        """Ground truth (``FrameTruth``) of this run's frames of one type, in file order."""
+        return [rec["truth"] for rec in self.truth_log if rec["frame_type"] == frame_type]
