@@ -1,0 +1,245 @@
+"""Flat/dark correction to absorbance (private module).
+
+Public names are re-exported by :mod:`txm_live.analysis`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["flat_dark_correct", "remove_zingers", "FlatDarkWarning"]
+
+_FLAT_MODES = ("auto", "per_frame", "median")
+
+
+class FlatDarkWarning(UserWarning):
+    """Some pixels could not be corrected and were set to NaN."""
+
+
+@njit(cache=True, inline="always")
+def _median9(v):
+    # insertion sort of 9 values, return the middle one
+    for i in range(1, 9):
+        x = v[i]
+        j = i - 1
+        while j >= 0 and v[j] > x:
+            v[j + 1] = v[j]
+            j -= 1
+        v[j + 1] = x
+    return v[4]
+
+
+@njit(parallel=True, cache=True)
+def _zinger_kernel(img, dark, k, out):
+    """Replace pixels deviating from their 3x3 median by more than
+    ``k * sqrt(|median - dark| + 1)`` (Poisson sigma in counts) by the median.
+    Returns the number of pixels replaced."""
+    ny, nx = img.shape
+    counts = np.zeros(ny, dtype=np.int64)
+    for i in prange(ny):
+        v = np.empty(9)
+        c = 0
+        for j in range(nx):
+            n = 0
+            for di in range(-1, 2):
+                ii = min(max(i + di, 0), ny - 1)
+                for dj in range(-1, 2):
+                    jj = min(max(j + dj, 0), nx - 1)
+                    v[n] = img[ii, jj]
+                    n += 1
+            x = img[i, j]
+            m = _median9(v)
+            if np.isfinite(x) and np.isfinite(m):
+                sig = np.sqrt(abs(m - dark[i, j]) + 1.0)
+                if abs(x - m) > k * sig:
+                    out[i, j] = m
+                    c += 1
+                    continue
+            out[i, j] = x
+        counts[i] = c
+    return counts.sum()
+
+
+@njit(parallel=True, cache=True)
+def _absorbance_kernel(img, flat, dark, out, valid):
+    ny, nx = img.shape
+    for i in prange(ny):
+        for j in range(nx):
+            num = img[i, j] - dark[i, j]
+            den = flat[i, j] - dark[i, j]
+            if num > 0 and den > 0 and np.isfinite(num) and np.isfinite(den):
+                out[i, j] = -np.log(num / den)
+                valid[i, j] = True
+            else:
+                out[i, j] = np.nan
+                valid[i, j] = False
+
+
+def remove_zingers(image, dark=None, *, sigma: float = 10.0):
+    """Replace isolated outliers (zingers, hot pixels) by their 3x3 median.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+        Raw counts.
+    dark : array_like, shape (ny, nx) or float, optional
+        Dark level subtracted before estimating the Poisson noise; default 0.
+    sigma : float, optional
+        Threshold in Poisson standard deviations ``sqrt(|median - dark| + 1)``.
+        Default 10.
+
+    Returns
+    -------
+    cleaned : ndarray
+        New float array (float64 if ``image`` is float64, else float32).
+    n_replaced : int
+    """
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D; got shape {img.shape}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0; got {sigma!r}")
+    dtype = np.float64 if img.dtype == np.float64 else np.float32
+    d = np.zeros(img.shape, dtype) if dark is None else np.broadcast_to(
+        np.asarray(dark, dtype=dtype), img.shape)
+    out = np.empty(img.shape, dtype=dtype)
+    n = _zinger_kernel(img.astype(dtype, copy=False), np.ascontiguousarray(d), float(sigma), out)
+    return out, int(n)
+
+
+def _as_3d(a, name):
+    a = np.asarray(a)
+    if a.ndim == 2:
+        return a[None]
+    if a.ndim == 3:
+        return a
+    raise ValueError(f"{name} must be 2-D (ny, nx) or 3-D (n, ny, nx); got shape {a.shape}")
+
+
+def flat_dark_correct(
+    frames,
+    flats,
+    darks,
+    *,
+    flat_mode: str = "auto",
+    zinger_sigma: float | None = 10.0,
+    return_mask: bool = False,
+    dtype=None,
+):
+    """Absorbance ``-ln((I - D) / (F - D))`` from raw frames, flats and darks.
+
+    Parameters
+    ----------
+    frames : array_like, shape (n, ny, nx) or (ny, nx)
+        Raw sample images I (counts, any real dtype). Not modified.
+    flats : array_like, shape (m, ny, nx) or (ny, nx)
+        Flat fields F (sample out). Either one flat per frame (FXI's
+        ``img_bkg`` in a XANES scan) or repeated flats combined by their
+        per-pixel median; see ``flat_mode``.
+    darks : array_like, shape (k, ny, nx) or (ny, nx)
+        Dark images D (shutter closed); repeated darks are combined by their
+        per-pixel median.
+    flat_mode : {'auto', 'per_frame', 'median'}, optional
+        ``'per_frame'``: ``flats[i]`` corrects ``frames[i]`` (needs m == n);
+        ``'median'``: the median of all flats corrects every frame;
+        ``'auto'`` (default): per-frame when m == n > 1, else median.
+    zinger_sigma : float or None, optional
+        Replace pixels of frames and flats that deviate from their 3x3 median
+        by more than ``zinger_sigma`` Poisson standard deviations (zingers,
+        hot pixels) by that median. Default 10; None disables it.
+    return_mask : bool, optional
+        Also return the validity mask. Default False.
+    dtype : numpy dtype, optional
+        Output float dtype; default float64 if any input is float64, else
+        float32.
+
+    Returns
+    -------
+    absorbance : ndarray, shape of ``frames``
+        Absorbance. Pixels where ``F - D <= 0`` or ``I - D <= 0`` (dead
+        pixels, fully absorbing regions, gaps) or with non-finite input are
+        NaN -- never inf -- and a :class:`FlatDarkWarning` reports how many.
+    mask : ndarray of bool, shape of ``frames``
+        Only with ``return_mask=True``: True where the absorbance is valid.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, an unknown ``flat_mode``, or a flat field
+        that is not above the dark anywhere (e.g. all-zero flats).
+    """
+    if flat_mode not in _FLAT_MODES:
+        raise ValueError(f"flat_mode must be one of {_FLAT_MODES}; got {flat_mode!r}")
+    if zinger_sigma is not None and not zinger_sigma > 0:
+        raise ValueError(f"zinger_sigma must be > 0 or None; got {zinger_sigma!r}")
+    fr_in = np.asarray(frames)
+    single = fr_in.ndim == 2
+    fr = _as_3d(fr_in, "frames")
+    fl = _as_3d(flats, "flats")
+    dk = _as_3d(darks, "darks")
+    img_shape = fr.shape[1:]
+    for name, a in (("flats", fl), ("darks", dk)):
+        if a.shape[1:] != img_shape:
+            raise ValueError(
+                f"{name} image shape {a.shape[1:]} does not match the frames' {img_shape}"
+            )
+    out_dtype = np.dtype(dtype) if dtype is not None else (
+        np.dtype(np.float64) if np.float64 in (fr.dtype, fl.dtype, dk.dtype) else np.dtype(np.float32)
+    )
+    if out_dtype.kind != "f":
+        raise ValueError(f"dtype must be a float dtype; got {out_dtype}")
+    n, m = fr.shape[0], fl.shape[0]
+    per_frame = (flat_mode == "per_frame") or (flat_mode == "auto" and m == n and n > 1)
+    if per_frame and m != n:
+        raise ValueError(f"flat_mode='per_frame' needs one flat per frame; got {m} flats for {n} frames")
+
+    dark = (np.median(dk, axis=0) if dk.shape[0] > 1 else dk[0]).astype(out_dtype)
+    if dk.shape[0] < 3 and zinger_sigma is not None:
+        dark, _ = remove_zingers(dark, None, sigma=zinger_sigma)
+        dark = dark.astype(out_dtype, copy=False)
+
+    def clean(img):
+        img = np.asarray(img)
+        if zinger_sigma is None:
+            return img.astype(out_dtype, copy=False), 0
+        out = np.empty(img.shape, out_dtype)
+        return out, int(_zinger_kernel(img, dark, float(zinger_sigma), out))
+
+    n_zing = 0
+    if not per_frame:
+        flat = np.median(fl, axis=0) if m > 1 else fl[0]
+        flat, nz = clean(flat)
+        n_zing += nz
+        if not np.any(flat - dark > 0):
+            raise ValueError(
+                "flat field is not above the dark in any pixel (all-zero or missing flats?): "
+                f"flat range {np.nanmin(flat):g} to {np.nanmax(flat):g}, dark median {np.median(dark):g}"
+            )
+    out = np.empty(fr.shape, dtype=out_dtype)
+    valid = np.empty(fr.shape, dtype=bool)
+    for i in range(n):
+        if per_frame:
+            flat, nz = clean(fl[i])
+            n_zing += nz
+            if not np.any(flat - dark > 0):
+                raise ValueError(
+                    f"flat {i} is not above the dark in any pixel (all-zero flat?): "
+                    f"flat range {np.nanmin(flat):g} to {np.nanmax(flat):g}"
+                )
+        img, nz = clean(fr[i])
+        n_zing += nz
+        _absorbance_kernel(img, flat, dark, out[i], valid[i])
+    n_bad = int(valid.size - np.count_nonzero(valid))
+    if n_bad:
+        warnings.warn(
+            f"{n_bad} of {valid.size} pixels set to NaN (flat or sample not above the "
+            f"dark, or non-finite input)",
+            FlatDarkWarning,
+            stacklevel=2,
+        )
+    if single:
+        out, valid = out[0], valid[0]
+    return (out, valid) if return_mask else out

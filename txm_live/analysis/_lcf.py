@@ -1,0 +1,305 @@
+"""Per-pixel linear combination fitting and map masks (private module).
+
+Public names are re-exported by :mod:`txm_live.analysis`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ._validate import check_stack, float_dtype, group_energies
+
+__all__ = ["LcfResult", "fit_lcf", "xanes_mask"]
+
+_MAX_REFS = 6
+
+
+@dataclass(frozen=True, eq=False)
+class LcfResult:
+    """Result of :func:`fit_lcf`.
+
+    Attributes
+    ----------
+    fractions : ndarray, shape (n_refs, ny, nx)
+        Weight of each reference per pixel (NaN outside :attr:`mask`).
+    residual : ndarray, shape (ny, nx)
+        RMS residual of the fit per pixel (normalized units).
+    mask : ndarray of bool, shape (ny, nx)
+        Pixels fitted (finite spectrum, inside the user mask).
+    energies : ndarray
+        Energies (eV) used by the fit.
+    params : dict
+        Options used (``sum_to_one``, ``nonnegative``, ``energy_range``).
+    """
+
+    fractions: np.ndarray
+    residual: np.ndarray
+    mask: np.ndarray
+    energies: np.ndarray
+    params: dict
+
+
+@njit(parallel=True, cache=True)
+def _lcf_kernel(stack, gidx, gptr, A, sols, nsub, subsets, sizes, invG, G,
+                sum_to_one, u_inv1, u_den, mask, use_mask, frac, resid):
+    """Exact NNLS / simplex-constrained LS by enumerating reference subsets.
+
+    For few references the optimum is the least-squares solution on one of
+    the 2**n - 1 supports; the best feasible one is the answer.
+    """
+    nE_u, nref = A.shape
+    ny, nx = stack.shape[1], stack.shape[2]
+    for y in prange(ny):
+        u = np.empty(nE_u)
+        b = np.empty(nref)
+        c = np.empty(nref)
+        best_c = np.empty(nref)
+        for x in range(nx):
+            if use_mask and not mask[y, x]:
+                for r in range(nref):
+                    frac[r, y, x] = np.nan
+                resid[y, x] = np.nan
+                continue
+            ok = True
+            for j in range(nE_u):
+                s = 0.0
+                for g in range(gptr[j], gptr[j + 1]):
+                    s += stack[gidx[g], y, x]
+                u[j] = s / (gptr[j + 1] - gptr[j])
+                if not np.isfinite(u[j]):
+                    ok = False
+            if not ok:
+                for r in range(nref):
+                    frac[r, y, x] = np.nan
+                resid[y, x] = np.nan
+                continue
+            yy = 0.0
+            for j in range(nE_u):
+                yy += u[j] * u[j]
+            for r in range(nref):
+                acc = 0.0
+                for j in range(nE_u):
+                    acc += A[j, r] * u[j]
+                b[r] = acc
+            best = np.inf
+            for r in range(nref):
+                best_c[r] = 0.0
+            if not sum_to_one and sols:
+                best = yy  # all-zero solution is feasible for NNLS
+            for si in range(nsub):
+                k = sizes[si]
+                # c_S = invG_S (b_S - lam 1)
+                lam = 0.0
+                if sum_to_one:
+                    num = 0.0
+                    for p in range(k):
+                        for q in range(k):
+                            num += invG[si, p, q] * b[subsets[si, q]]
+                    lam = (num - 1.0) / u_den[si]
+                feasible = True
+                for r in range(nref):
+                    c[r] = 0.0
+                for p in range(k):
+                    acc = 0.0
+                    for q in range(k):
+                        acc += invG[si, p, q] * (b[subsets[si, q]] - lam)
+                    c[subsets[si, p]] = acc
+                    if sols and acc < 0.0:
+                        feasible = False
+                if not feasible:
+                    continue
+                # ||y - A c||^2 = yy - 2 c.b + c.G.c
+                val = yy
+                for p in range(nref):
+                    val -= 2.0 * c[p] * b[p]
+                    for q in range(nref):
+                        val += c[p] * G[p, q] * c[q]
+                if val < best:
+                    best = val
+                    for r in range(nref):
+                        best_c[r] = c[r]
+            for r in range(nref):
+                frac[r, y, x] = best_c[r]
+            resid[y, x] = np.sqrt(max(best, 0.0) / nE_u)
+
+
+def fit_lcf(
+    stack,
+    energies,
+    references,
+    *,
+    reference_energies=None,
+    sum_to_one: bool = False,
+    nonnegative: bool = True,
+    energy_range: tuple[float, float] | None = None,
+    mask=None,
+) -> LcfResult:
+    """Fit every pixel's spectrum as a linear combination of reference spectra.
+
+    Parameters
+    ----------
+    stack : array_like, shape (n_energies, ny, nx)
+        Normalized spectra (e.g. ``fit_xanes(..., return_normalized=True)
+        .normalized`` with its ``.energies``). Not modified.
+    energies : array_like, shape (n_energies,)
+        Energies of the stack in eV (any order; duplicates averaged).
+    references : array_like, shape (n_refs, n_ref_energies)
+        Normalized reference spectra (1 to 6 of them).
+    reference_energies : array_like, shape (n_ref_energies,), optional
+        Energies of ``references`` (eV), which are then linearly
+        interpolated onto the stack energies; default: the stack's energies
+        (in the same order as ``energies``).
+    sum_to_one : bool, optional
+        Constrain the fractions to sum to one. Default False.
+    nonnegative : bool, optional
+        Constrain the fractions to be >= 0. Default True.
+    energy_range : (float, float), optional
+        Only fit energies in this absolute range (eV); default all.
+    mask : array_like of bool, shape (ny, nx), optional
+        Pixels to fit (e.g. ``XanesResult.mask``); others are NaN.
+
+    Returns
+    -------
+    LcfResult
+
+    Notes
+    -----
+    The reference Gram matrix is shared by all pixels, so each pixel needs
+    only ``n_refs`` dot products; the constrained problem is solved exactly
+    by enumerating the ``2**n_refs - 1`` supports (equality-constrained
+    least squares on each, keeping the best feasible one), in a parallel
+    numba kernel.
+    """
+    arr = check_stack(stack)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    nE, ny, nx = arr.shape
+    refs = np.atleast_2d(np.asarray(references, dtype=np.float64))
+    if refs.ndim != 2:
+        raise ValueError(f"references must be 2-D (n_refs, n_energies); got shape {refs.shape}")
+    nref = refs.shape[0]
+    if not 1 <= nref <= _MAX_REFS:
+        raise ValueError(f"need 1 to {_MAX_REFS} references; got {nref}")
+    if not np.all(np.isfinite(refs)):
+        raise ValueError("references contain non-finite values")
+    e_in = np.asarray(energies, dtype=np.float64)
+    if reference_energies is None:
+        if refs.shape[1] != nE:
+            raise ValueError(
+                f"references have {refs.shape[1]} energies but the stack has {nE}; "
+                f"pass reference_energies to interpolate"
+            )
+    groups = group_energies(e_in, nE, stacklevel=3)
+    E = groups.energies
+    if reference_energies is None:
+        # average duplicates the same way as the stack
+        R = np.array([refs[:, groups.index[groups.ptr[j]:groups.ptr[j + 1]]].mean(axis=1)
+                      for j in range(E.size)]).T
+    else:
+        re = np.asarray(reference_energies, dtype=np.float64)
+        if re.shape != (refs.shape[1],):
+            raise ValueError(
+                f"reference_energies has shape {re.shape}; expected ({refs.shape[1]},)"
+            )
+        o = np.argsort(re)
+        if E.min() < re.min() - 1e-6 or E.max() > re.max() + 1e-6:
+            raise ValueError(
+                f"stack energies {E.min():g} to {E.max():g} eV exceed the reference "
+                f"energies {re.min():g} to {re.max():g} eV"
+            )
+        R = np.array([np.interp(E, re[o], r[o]) for r in refs])
+    sel = np.ones(E.size, bool)
+    if energy_range is not None:
+        lo, hi = (float(v) for v in energy_range)
+        sel = (E >= lo) & (E <= hi)
+    if sel.sum() < nref + 1:
+        raise ValueError(
+            f"{int(sel.sum())} energies in the fit range; need more than the {nref} references"
+        )
+    keep = np.flatnonzero(sel)
+    gptr = np.concatenate([[0], np.cumsum(np.diff(groups.ptr)[keep])]).astype(np.int64)
+    gidx = np.concatenate([groups.index[groups.ptr[j]:groups.ptr[j + 1]] for j in keep]).astype(np.int64)
+    A = np.ascontiguousarray(R[:, keep].T)  # (nE_used, nref)
+    G = A.T @ A
+    subsets_l = [s for k in range(1, nref + 1) for s in itertools.combinations(range(nref), k)]
+    if not nonnegative:
+        subsets_l = [tuple(range(nref))]
+    nsub = len(subsets_l)
+    subsets = np.zeros((nsub, nref), np.int64)
+    sizes = np.zeros(nsub, np.int64)
+    invG = np.zeros((nsub, nref, nref))
+    u_den = np.ones(nsub)
+    for i, s in enumerate(subsets_l):
+        k = len(s)
+        sizes[i] = k
+        subsets[i, :k] = s
+        Gs = G[np.ix_(s, s)]
+        if np.linalg.cond(Gs) > 1e12:
+            raise ValueError(f"references {s} are linearly dependent on the fitted energies")
+        inv = np.linalg.inv(Gs)
+        invG[i, :k, :k] = inv
+        u_den[i] = inv.sum()
+    umask = np.ones((1, 1), bool)
+    if mask is not None:
+        umask = np.asarray(mask, bool)
+        if umask.shape != (ny, nx):
+            raise ValueError(f"mask shape {umask.shape} does not match the image shape {(ny, nx)}")
+    dt = float_dtype(arr)
+    frac = np.empty((nref, ny, nx), dt)
+    resid = np.empty((ny, nx), dt)
+    _lcf_kernel(arr, gidx, gptr, A, bool(nonnegative), nsub, subsets, sizes, invG, G,
+                bool(sum_to_one), np.zeros(1), u_den, umask, mask is not None, frac, resid)
+    fitted = np.isfinite(resid)
+    return LcfResult(
+        fractions=frac, residual=resid, mask=fitted, energies=E[keep],
+        params=dict(sum_to_one=bool(sum_to_one), nonnegative=bool(nonnegative),
+                    energy_range=None if energy_range is None else (float(lo), float(hi))),
+    )
+
+
+def xanes_mask(
+    result,
+    *,
+    edge_jump_min: float | None = None,
+    edge_jump_max: float | None = None,
+    absorbance_max: float | None = None,
+    user_mask=None,
+) -> np.ndarray:
+    """Combine a XANES fit's mask with edge-jump, thickness and user masks.
+
+    Parameters
+    ----------
+    result : XanesResult
+        From :func:`fit_xanes`.
+    edge_jump_min, edge_jump_max : float, optional
+        Keep pixels whose edge jump (absorbance) lies in this range.
+    absorbance_max : float, optional
+        Thickness limit: drop pixels whose post-edge absorbance
+        (``pre_edge + edge_jump``) exceeds it -- too thick for a linear
+        response (more than ~2-3 absorption lengths).
+    user_mask : array_like of bool, shape (ny, nx), optional
+        Pixels to keep.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+    """
+    m = np.array(result.mask, dtype=bool, copy=True)
+    jump = np.asarray(result.edge_jump)
+    with np.errstate(invalid="ignore"):
+        if edge_jump_min is not None:
+            m &= jump >= edge_jump_min
+        if edge_jump_max is not None:
+            m &= jump <= edge_jump_max
+        if absorbance_max is not None:
+            m &= (np.asarray(result.pre_edge) + jump) <= absorbance_max
+    if user_mask is not None:
+        um = np.asarray(user_mask, dtype=bool)
+        if um.shape != m.shape:
+            raise ValueError(f"user_mask shape {um.shape} does not match the maps' {m.shape}")
+        m &= um
+    return m
