@@ -20,6 +20,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import scipy.fft
 
@@ -33,6 +34,43 @@ from .spectra import NiXanesModel
 __all__ = ["SimConfig", "FrameTruth", "Frame", "TruthMaps", "SimTXM"]
 
 _TAPER_PX = 8  # raised-cosine taper to the open beam at the edge of the FFT window
+
+
+@numba.njit(fastmath=True, cache=True)
+def _scatter_expm1(neg_absorb, rows, cols, y0, x0, wy, wx, out):
+    """out[r, c] = expm1(-A)·wy[r]·wx[c] for each material pixel inside the window.
+
+    ``rows``/``cols`` locate the material pixels on the extended projection grid; the
+    window starts at extended (y0, x0) and spans len(wy) × len(wx); ``out`` (at least
+    that large, zero elsewhere) receives T − 1, tapered to 0 at the window edge.
+    """
+    hy, hx = wy.size, wx.size
+    for n in range(rows.size):
+        r = rows[n] - y0
+        c = cols[n] - x0
+        if 0 <= r < hy and 0 <= c < hx:
+            out[r, c] = np.expm1(neg_absorb[n]) * wy[r] * wx[c]
+
+
+@numba.njit(fastmath=True, cache=True)
+def _apply_separable(spec, gy, gx):
+    """spec[i, j] *= gy[i] · gx[j] in place (one pass over the spectrum)."""
+    ny, nx = spec.shape
+    for i in range(ny):
+        g = gy[i]
+        for j in range(nx):
+            spec[i, j] *= g * gx[j]
+
+
+@numba.njit(fastmath=True, cache=True)
+def _crop_transmission(t_minus_1, y0, x0, ny, nx):
+    """Contiguous T = 1 + (T − 1) on the (ny, nx) crop at (y0, x0), clipped at 0."""
+    out = np.empty((ny, nx), np.float32)
+    for i in range(ny):
+        for j in range(nx):
+            v = 1.0 + t_minus_1[y0 + i, x0 + j]
+            out[i, j] = v if v > 0.0 else 0.0
+    return out
 
 
 @dataclass
@@ -257,49 +295,71 @@ class SimTXM:
         self._truth_maps: TruthMaps | None = None
 
     # ------------------------------------------------------------------ projections
-    def _projection(self, theta_rad: float, rel_mag: float, centre_px, need_px: int):
-        """Cached (levels, P) covering the image window shifted by integer ``centre_px``.
+    def _projection(self, theta_rad: float, rel_mag: float, centre_px, need_px: int) -> dict:
+        """Cached sparse per-valence projection covering the window around ``centre_px``.
 
-        Returns ``(levels, proj, origin_px, margin_px)``: ``proj`` has shape
-        (len(levels), ny + 2 m, nx + 2 m) and its central (ny, nx) block shows the sample
-        shifted by ``origin_px`` pixels (CONVENTIONS sign); ``levels`` index the valence
-        grid levels actually present (empty bins dropped to save memory and time).
+        The projection (K, ny + 2m, nx + 2m) of the phantom, with the sample shifted by
+        ``origin`` (integer px, CONVENTIONS sign) so its central (ny, nx) block is the
+        image, is stored sparsely: only pixels with material (``index``, flat indices into
+        the extended grid) and only valence levels present (``levels``), as a contiguous
+        (len(levels), n_support) float32 array ``values``. Background pixels, usually
+        most of the image, then cost nothing per frame. It is recomputed (and re-centred)
+        when drift or the stage offset moves the window beyond its margin.
         """
         key = (round(float(theta_rad), 12), round(float(rel_mag), 12))
         entry = self._proj_cache.get(key)
         cy, cx = centre_px
         if entry is not None:
-            levels, proj, (oy, ox), m = entry
+            oy, ox = entry["origin"]
+            m = entry["margin"]
             if abs(cy - oy) + need_px <= m and abs(cx - ox) + need_px <= m:
                 self._proj_cache.move_to_end(key)
                 return entry
         m = need_px + self._margin_px
         ny, nx = self.shape
         p_eff_um = self.pixel_size_nm / 1e3 / rel_mag
-        # Content shifted by +s px on the detector = the sample seen from origin −s.
+        # Content shifted by +s px on the detector = the sample seen from origin -s.
         proj = self.sample.project(
             self.spectra.valence_grid, (ny + 2 * m, nx + 2 * m), p_eff_um,
             theta_rad=theta_rad, origin_um=(-cy * p_eff_um, -cx * p_eff_um),
         )
-        levels = np.nonzero(proj.reshape(proj.shape[0], -1).max(axis=1) > 0)[0]
-        if levels.size == 0:
-            levels = np.array([0])
-        proj = np.ascontiguousarray(proj[levels])
-        entry = (levels, proj, (cy, cx), m)
+        flat = proj.reshape(proj.shape[0], -1)
+        levels = np.nonzero(flat.max(axis=1) > 0)[0]
+        index = np.nonzero(flat.max(axis=0) > 0)[0]
+        rows, cols = np.divmod(index, proj.shape[2])
+        entry = {
+            "levels": levels,
+            "index": index,
+            "rows": rows.astype(np.int32),
+            "cols": cols.astype(np.int32),
+            "values": np.ascontiguousarray(flat[np.ix_(levels, index)]),
+            "ext_shape": proj.shape[1:],
+            "origin": (cy, cx),
+            "margin": m,
+        }
+        del proj, flat
         self._proj_cache[key] = entry
         self._proj_cache.move_to_end(key)
         while len(self._proj_cache) > self._proj_cache_size:
             self._proj_cache.popitem(last=False)
         return entry
 
-    def _absorbance_window(self, energy_ev, theta_rad, rel_mag, shift_int, half_px):
-        """Absorbance on the image window grown by ``half_px`` on each side, float32."""
-        levels, proj, (oy, ox), m = self._projection(theta_rad, rel_mag, shift_int, half_px)
-        mu = self.spectra.mu_grid_per_um(energy_ev)[levels].astype(np.float32)
-        k, hy, hx = proj.shape
-        full = (mu @ proj.reshape(k, -1)).reshape(hy, hx)  # one BLAS pass over the cache
+    def _window(self, energy_ev, theta_rad, rel_mag, shift_int, half_px, fn=None):
+        """Absorbance (or ``fn(-absorbance)``, which must map 0 to 0) on the image window
+        grown by ``half_px`` on each side; (ny + 2 half, nx + 2 half) float32."""
+        entry = self._projection(theta_rad, rel_mag, shift_int, half_px)
+        mu = self.spectra.mu_grid_per_um(energy_ev)[entry["levels"]].astype(np.float32)
+        vals = mu @ entry["values"]  # one BLAS pass over the material pixels only
+        if fn is not None:
+            vals = fn(np.negative(vals, out=vals), out=vals)
+        hy, hx = entry["ext_shape"]
+        full = np.zeros(hy * hx, np.float32)
+        full[entry["index"]] = vals
+        full = full.reshape(hy, hx)
         ny, nx = self.shape
-        # proj[m + i] shows the sample shifted by origin; we want it shifted by shift_int.
+        m = entry["margin"]
+        oy, ox = entry["origin"]
+        # Extended row m + i shows the sample shifted by origin; we want shift_int.
         y0 = m - half_px - (shift_int[0] - oy)
         x0 = m - half_px - (shift_int[1] - ox)
         return full[y0 : y0 + ny + 2 * half_px, x0 : x0 + nx + 2 * half_px]
@@ -318,7 +378,7 @@ class SimTXM:
         -------
         ndarray (ny, nx) float32
         """
-        return np.array(self._absorbance_window(float(energy_ev), theta_rad, 1.0, (0, 0), 0))
+        return np.array(self._window(float(energy_ev), theta_rad, 1.0, (0, 0), 0))
 
     # ------------------------------------------------------------------ acquisition
     def _sample_visible(self, theta_rad, rel_mag, shift_px, reach_px) -> bool:
@@ -341,34 +401,34 @@ class SimTXM:
         s_int = (int(round(shift_px[0])), int(round(shift_px[1])))
         frac = (shift_px[0] - s_int[0], shift_px[1] - s_int[1])
         half = int(math.ceil(4.0 * sigma_px)) + 2 + _TAPER_PX
-        absorb = self._absorbance_window(energy_ev, theta_rad, rel_mag, s_int, half)
-        trans = np.exp(-absorb)
-        # Taper to the open beam (T = 1) over the outermost pixels, so the periodic FFT
-        # sees no jump at the window edge (which would ring through a sub-pixel shift).
-        hy, hx = trans.shape
+        hy, hx = ny + 2 * half, nx + 2 * half
+        entry = self._projection(theta_rad, rel_mag, s_int, half)
+        mu = self.spectra.mu_grid_per_um(energy_ev)[entry["levels"]].astype(np.float32)
+        neg_absorb = (-mu) @ entry["values"]  # one BLAS pass over the material pixels
+        # Taper T − 1 to 0 (open beam) over the outermost pixels, so the periodic FFT sees
+        # no jump at the window edge (which would ring through a sub-pixel shift).
         ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(_TAPER_PX) + 0.5) / _TAPER_PX)).astype(np.float32)
         wy = np.ones(hy, np.float32)
         wy[:_TAPER_PX], wy[-_TAPER_PX:] = ramp, ramp[::-1]
         wx = np.ones(hx, np.float32)
         wx[:_TAPER_PX], wx[-_TAPER_PX:] = ramp, ramp[::-1]
-        trans -= 1.0
-        trans *= wy[:, None]
-        trans *= wx[None, :]
-        # Fourier: Gaussian blur and sub-pixel shift as one separable multiplier.
         fy = scipy.fft.next_fast_len(hy, real=True)
         fx = scipy.fft.next_fast_len(hx, real=True)
-        spec = scipy.fft.rfft2(trans, s=(fy, fx), workers=-1)
+        trans = np.zeros((fy, fx), np.float32)  # T − 1; zero off the sample and in padding
+        m, (oy, ox) = entry["margin"], entry["origin"]
+        y0 = m - half - (s_int[0] - oy)
+        x0 = m - half - (s_int[1] - ox)
+        _scatter_expm1(neg_absorb, entry["rows"], entry["cols"], y0, x0, wy, wx, trans)
+        # Fourier: Gaussian blur and sub-pixel shift as one separable multiplier.
+        spec = scipy.fft.rfft2(trans, workers=-1, overwrite_x=True)
         ky = scipy.fft.fftfreq(fy).astype(np.float32)
         kx = scipy.fft.rfftfreq(fx).astype(np.float32)
         two_pi2 = 2.0 * np.pi**2 * sigma_px**2
         gy = np.exp(-two_pi2 * ky**2 - 2j * np.pi * ky * frac[0]).astype(np.complex64)
         gx = np.exp(-two_pi2 * kx**2 - 2j * np.pi * kx * frac[1]).astype(np.complex64)
-        spec *= gy[:, None]
-        spec *= gx[None, :]
-        out = scipy.fft.irfft2(spec, s=(fy, fx), workers=-1)
-        out = out[half : half + ny, half : half + nx]
-        out += 1.0
-        return np.maximum(out, 0.0, out=out)
+        _apply_separable(spec, gy, gx)
+        out = scipy.fft.irfft2(spec, s=(fy, fx), workers=-1, overwrite_x=True)
+        return _crop_transmission(out, half, half, ny, nx)
 
     def acquire(self, *, energy_ev, zp_z_mm, det_z_mm, sample_x_um=0.0, sample_y_um=0.0,
                 theta_rad=0.0, shutter_open=True, exposure_s=0.05, time_s=0.0) -> Frame:
@@ -442,9 +502,15 @@ class SimTXM:
         if self._truth_maps is not None:
             return self._truth_maps
         sp = self.spectra
-        levels, proj, _, m = self._projection(0.0, 1.0, (0, 0), 0)
+        entry = self._projection(0.0, 1.0, (0, 0), 0)
         ny, nx = self.shape
-        p = proj[:, m : m + ny, m : m + nx].reshape(len(levels), -1)
+        m, (hy, hx) = entry["margin"], entry["ext_shape"]
+        iy, ix = np.unravel_index(entry["index"], (hy, hx))
+        iy, ix = iy - m - entry["origin"][0], ix - m - entry["origin"][1]
+        inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
+        levels = entry["levels"]
+        p = np.zeros((len(levels), ny * nx), np.float32)
+        p[:, iy[inside] * nx + ix[inside]] = entry["values"][:, inside]
         thickness = p.sum(axis=0)
         valences = sp.valence_grid[levels]
         jump = float(sp.edge_jump_per_um(sp.edge_ev(2.0)))

@@ -121,6 +121,7 @@ class NiXanesModel:
         base[_GRID > de[-1]] = 1.0
         self._base = base
         self._tables: dict[float, tuple[np.ndarray, float]] = {}
+        self._mu_cache: dict[float, np.ndarray] = {}
 
         # Partial densities (g/cm³) of each element in the material.
         counts = xraydb.chemparse(material)
@@ -260,8 +261,20 @@ class NiXanesModel:
         )
 
     def mu_grid_per_um(self, energy_ev: float) -> np.ndarray:
-        """``mu_per_um`` at one energy for every level of ``valence_grid``, shape (K,)."""
-        return self.mu_per_um(float(energy_ev), self.valence_grid)
+        """``mu_per_um`` at one energy for every level of ``valence_grid``, shape (K,).
+
+        Cached per energy (scans revisit their energies for flats and repeats; xraydb
+        look-ups cost ~1 ms each). Returns a read-only array.
+        """
+        key = round(float(energy_ev), 6)
+        hit = self._mu_cache.get(key)
+        if hit is None:
+            hit = self.mu_per_um(key, self.valence_grid)
+            hit.flags.writeable = False
+            if len(self._mu_cache) > 4096:  # bounded
+                self._mu_cache.clear()
+            self._mu_cache[key] = hit
+        return hit
 
     def normalized_grid(self, energy_ev) -> np.ndarray:
         """``normalized`` for every level of ``valence_grid``: shape (K, nE)."""
