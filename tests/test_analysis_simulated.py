@@ -1,0 +1,82 @@
+"""Ground truth from the simulated TXM: drift, whiteline and edge maps.
+
+One 128 x 128 Ni K-edge XANES scan of a half-charged NMC phantom at 1e4 flat
+counts (FXI order: high to low energy), analysed as a user would: flat/dark,
+alignment, fit.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from txm_live.analysis import align_stack, apply_shifts, fit_xanes, flat_dark_correct
+
+sim_model = pytest.importorskip("simulators.model", reason="simulators package not available")
+from simulators.phantom import make_nmc_phantom  # noqa: E402
+from simulators.stacks import edge_energies, simulate_xanes_stack  # noqa: E402
+
+MIN_JUMP = 0.2  # accuracy is quoted on pixels with an edge jump of at least this
+
+
+@pytest.fixture(scope="module")
+def scan():
+    sim = sim_model.SimTXM(sim_model.SimConfig(shape=(128, 128), flat_counts=1e4, seed=0),
+                           sample=make_nmc_phantom(state_of_charge=0.5, seed=0))
+    st = simulate_xanes_stack(sim, edge_energies()[::-1], n_darks=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dead pixels -> NaN, reported
+        absorb = flat_dark_correct(st.frames, st.flats, st.darks)
+    return st, absorb
+
+
+def _rms(a):
+    return float(np.sqrt(np.mean(np.square(a))))
+
+
+@pytest.mark.parametrize("mode", ["running_mean", "reference", "neighbour"])
+def test_drift_rms_below_0_1_px(scan, mode):
+    st, absorb = scan
+    res = align_stack(absorb, mode=mode, apply=False, order=np.argsort(st.energies_ev))
+    truth = -(st.drift_px - st.drift_px[0])  # CONVENTIONS: minus the relative drift
+    err = res.shifts - truth
+    assert _rms(np.hypot(err[:, 0], err[:, 1])) <= 0.1
+
+
+@pytest.fixture(scope="module")
+def fitted(scan):
+    st, absorb = scan
+    res = align_stack(absorb, mode="running_mean", apply=False, order=np.argsort(st.energies_ev))
+    # the truth maps are at zero drift: put frame 0 (our reference) there too
+    aligned = apply_shifts(absorb, res.shifts - st.drift_px[0])
+    return st, fit_xanes(aligned, st.energies_ev)
+
+
+def test_whiteline_and_edge_accuracy(fitted):
+    st, r = fitted
+    t = st.truth
+    sel = t.mask & r.mask & (r.edge_jump >= MIN_JUMP)
+    assert sel.sum() > 0.5 * t.mask.sum()
+    dw = (r.whiteline - t.whiteline_ev)[sel]
+    de = (r.edge - t.edge_ev)[sel]
+    assert _rms(dw) <= 0.3
+    assert _rms(de) <= 0.3
+    assert abs(np.mean(dw)) <= 0.15
+    assert abs(np.mean(de)) <= 0.15
+
+
+def test_mask_follows_truth(fitted):
+    st, r = fitted
+    t = st.truth
+    # nearly every truth pixel is fitted; few fitted pixels lie off the sample
+    assert (r.mask & t.mask).sum() >= 0.9 * t.mask.sum()
+    assert (r.mask & ~t.mask).sum() <= 0.2 * t.mask.sum()
+
+
+def test_oxidation_contrast(fitted):
+    """Whiteline maps rank pixels by oxidation state as the truth does."""
+    st, r = fitted
+    t = st.truth
+    sel = t.mask & r.mask & (r.edge_jump >= MIN_JUMP)
+    c = np.corrcoef(r.whiteline[sel], t.oxidation_state[sel])[0, 1]
+    assert c > 0.8

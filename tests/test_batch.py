@@ -1,0 +1,56 @@
+"""analyze_fxi_file and the `txm-live analyze` argument handling."""
+
+import argparse
+
+import h5py
+import numpy as np
+import pytest
+
+from txm_live.analysis._synthetic import synthetic_xanes_stack
+from txm_live.batch import add_analyze_arguments, analyze_fxi_file, run_analyze
+from txm_live.io import write_fxi_xanes
+
+
+@pytest.fixture()
+def fxi_file(tmp_path):
+    absorb, E, tr = synthetic_xanes_stack((32, 32), flat_counts=0, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    flats = rng.poisson(2e4, absorb.shape) + 100
+    frames = rng.poisson(2e4 * np.exp(-absorb)) + 100
+    darks = rng.poisson(100, (3, 32, 32))
+    p = write_fxi_xanes(tmp_path / "scan_1.h5", frames.astype(np.uint16), E[::-1][::-1],
+                        flats=flats.astype(np.uint16), darks=darks.astype(np.uint16),
+                        pixel_size_nm=21.3, magnification=32.5)
+    return p, tr
+
+
+def test_analyze_writes_maps_and_pngs(fxi_file, tmp_path):
+    p, tr = fxi_file
+    out = analyze_fxi_file(p, tmp_path / "out", progress=False, align="none", e0=tr["e0"])
+    assert set(out) == {"maps", "whiteline", "edge", "edge_jump"}
+    for name in ("whiteline", "edge", "edge_jump"):
+        assert out[name].suffix == ".png" and out[name].stat().st_size > 1000
+    with h5py.File(out["maps"]) as f:
+        wl = f["whiteline"][()]
+        mask = f["mask"][()]
+        assert '"e0": 8333.0' in f.attrs["fit_params"]
+    assert mask.mean() > 0.95
+    assert np.sqrt(np.nanmean((wl - tr["whiteline"])[mask] ** 2)) < 0.3
+
+
+def test_cli_hooks(fxi_file, tmp_path, capsys):
+    p, tr = fxi_file
+    parser = add_analyze_arguments(argparse.ArgumentParser(prog="txm-live analyze"))
+    args = parser.parse_args([str(p), "-o", str(tmp_path / "cli"), "--no-progress",
+                              "--e0", "8333"])
+    assert run_analyze(args) == 0
+    assert "maps:" in capsys.readouterr().out
+    args = parser.parse_args([str(tmp_path / "missing.h5")])
+    assert run_analyze(args) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_bad_align_option(fxi_file, tmp_path):
+    p, _ = fxi_file
+    with pytest.raises(ValueError, match="align must be one of"):
+        analyze_fxi_file(p, tmp_path, align="fourier")
