@@ -319,25 +319,22 @@ class SimTXM:
         ny, nx = self.shape
         p_eff_um = self.pixel_size_nm / 1e3 / rel_mag
         # Content shifted by +s px on the detector = the sample seen from origin -s.
-        proj = self.sample.project(
-            self.spectra.valence_grid, (ny + 2 * m, nx + 2 * m), p_eff_um,
-            theta_rad=theta_rad, origin_um=(-cy * p_eff_um, -cx * p_eff_um),
+        ext_shape = (ny + 2 * m, nx + 2 * m)
+        levels, index, values = self.sample.project_sparse(
+            self.spectra.valence_grid, ext_shape, p_eff_um, theta_rad=theta_rad,
+            origin_um=(-cy * p_eff_um, -cx * p_eff_um),
         )
-        flat = proj.reshape(proj.shape[0], -1)
-        levels = np.nonzero(flat.max(axis=1) > 0)[0]
-        index = np.nonzero(flat.max(axis=0) > 0)[0]
-        rows, cols = np.divmod(index, proj.shape[2])
+        rows, cols = np.divmod(index, ext_shape[1])
         entry = {
             "levels": levels,
             "index": index,
             "rows": rows.astype(np.int32),
             "cols": cols.astype(np.int32),
-            "values": np.ascontiguousarray(flat[np.ix_(levels, index)]),
-            "ext_shape": proj.shape[1:],
+            "values": values,
+            "ext_shape": ext_shape,
             "origin": (cy, cx),
             "margin": m,
         }
-        del proj, flat
         self._proj_cache[key] = entry
         self._proj_cache.move_to_end(key)
         while len(self._proj_cache) > self._proj_cache_size:
@@ -504,44 +501,43 @@ class SimTXM:
         sp = self.spectra
         entry = self._projection(0.0, 1.0, (0, 0), 0)
         ny, nx = self.shape
-        m, (hy, hx) = entry["margin"], entry["ext_shape"]
-        iy, ix = np.unravel_index(entry["index"], (hy, hx))
-        iy, ix = iy - m - entry["origin"][0], ix - m - entry["origin"][1]
-        inside = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
-        levels = entry["levels"]
-        p = np.zeros((len(levels), ny * nx), np.float32)
-        p[:, iy[inside] * nx + ix[inside]] = entry["values"][:, inside]
-        thickness = p.sum(axis=0)
-        valences = sp.valence_grid[levels]
+        m, (oy, ox) = entry["margin"], entry["origin"]
+        iy = entry["rows"].astype(np.int64) - m - oy  # image row of each material pixel
+        ix = entry["cols"].astype(np.int64) - m - ox
+        inside = np.flatnonzero((iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx))
+        pixel = iy[inside] * nx + ix[inside]
+        p = entry["values"][:, inside]  # (L, n) path length per level
+        valences = sp.valence_grid[entry["levels"]]
+        thickness = np.zeros(ny * nx)
+        thickness[pixel] = p.sum(axis=0)
         jump = float(sp.edge_jump_per_um(sp.edge_ev(2.0)))
         mask = thickness * jump >= self.config.mask_min_edge_jump
         step = 0.05
         energy = np.arange(sp.edge_ev(2.0) - 10.0, sp.edge_ev(4.0) + 25.0, step)
-        table = sp.normalized(energy[None, :], valences[:, None]).astype(np.float32)  # (K, nE)
-        wl = np.full(thickness.shape, np.nan)
-        edge = np.full(thickness.shape, np.nan)
-        ox = np.full(thickness.shape, np.nan)
-        idx = np.nonzero(mask)[0]
+        table = sp.normalized(energy[None, :], valences[:, None]).astype(np.float32)  # (L, nE)
+        wl = np.full(ny * nx, np.nan)
+        edge = np.full(ny * nx, np.nan)
+        ox_state = np.full(ny * nx, np.nan)
+        keep = np.flatnonzero(mask[pixel])  # columns of p inside the mask
         chunk = 8192
-        for start in range(0, idx.size, chunk):
-            sel = idx[start : start + chunk]
-            w = p[:, sel] / thickness[sel]
-            ox[sel] = valences @ w
-            spec = w.T @ table  # (n, nE)
-            i = np.argmax(spec, axis=1)
-            i = np.clip(i, 1, energy.size - 2)
-            r = np.arange(sel.size)
+        for start in range(0, keep.size, chunk):
+            cols = keep[start : start + chunk]
+            sel = pixel[cols]
+            w = p[:, cols] / p[:, cols].sum(axis=0)
+            ox_state[sel] = valences @ w
+            spec = w.T @ table  # (n, nE): the pixel's normalized mixture spectrum
+            r = np.arange(cols.size)
+            i = np.clip(np.argmax(spec, axis=1), 1, energy.size - 2)
             y0, y1, y2 = spec[r, i - 1], spec[r, i], spec[r, i + 1]
             den = y0 - 2 * y1 + y2
             frac = np.where(den != 0, 0.5 * (y0 - y2) / np.where(den != 0, den, 1), 0.0)
             wl[sel] = energy[i] + frac * step
-            j = np.argmax(spec >= 0.5, axis=1)
-            j = np.clip(j, 1, energy.size - 1)
+            j = np.clip(np.argmax(spec >= 0.5, axis=1), 1, energy.size - 1)
             a, b = spec[r, j - 1], spec[r, j]
             edge[sel] = energy[j - 1] + step * (0.5 - a) / np.where(b != a, b - a, 1)
         self._truth_maps = TruthMaps(
             whiteline_ev=wl.reshape(ny, nx), edge_ev=edge.reshape(ny, nx),
-            oxidation_state=ox.reshape(ny, nx),
-            thickness_um=thickness.reshape(ny, nx).astype(float), mask=mask.reshape(ny, nx),
+            oxidation_state=ox_state.reshape(ny, nx),
+            thickness_um=thickness.reshape(ny, nx), mask=mask.reshape(ny, nx),
         )
         return self._truth_maps

@@ -179,10 +179,63 @@ class NMCPhantom:
         """
         grid = np.asarray(valence_grid, dtype=float)
         ny, nx = (int(s) for s in shape)
+        out = np.zeros((grid.size, ny, nx), dtype=np.float32)
+        for sy, sx, ks, block in self._particle_blocks(grid, (ny, nx), pixel_size_um,
+                                                       theta_rad, origin_um):
+            for kk, k in enumerate(ks):
+                out[k, sy, sx] += block[kk]
+        return out
+
+    def project_sparse(
+        self, valence_grid, shape, pixel_size_um, *, theta_rad=0.0, origin_um=(0.0, 0.0)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`project` keeping only the pixels and valence levels with material.
+
+        Same arguments as :meth:`project`. Memory scales with the sample's footprint, not
+        with ``K × ny × nx`` (at 2048² and 21 levels the dense form is ~350 MB).
+
+        Returns
+        -------
+        levels : ndarray (L,) int
+            Indices into ``valence_grid`` of the levels present (at least one).
+        index : ndarray (N,) int64
+            Flat (row-major) indices of the pixels covered by any particle's disc.
+        values : ndarray (L, N) float32
+            Path length (µm) per level and pixel: ``project(...)[levels][:, index]``.
+        """
+        grid = np.asarray(valence_grid, dtype=float)
+        ny, nx = (int(s) for s in shape)
+        blocks = list(self._particle_blocks(grid, (ny, nx), pixel_size_um, theta_rad, origin_um))
+        covered = np.zeros((ny, nx), bool)
+        used = set()
+        for sy, sx, ks, block in blocks:
+            covered[sy, sx] |= block.max(axis=0) > 0
+            used.update(int(k) for k in ks)
+        levels = np.array(sorted(used) or [0], dtype=int)
+        index = np.flatnonzero(covered)
+        column = np.full(ny * nx, -1, dtype=np.int64)
+        column[index] = np.arange(index.size)
+        column = column.reshape(ny, nx)
+        row_of = {int(k): i for i, k in enumerate(levels)}
+        values = np.zeros((levels.size, index.size), np.float32)
+        for sy, sx, ks, block in blocks:
+            cols = column[sy, sx]
+            hit = cols >= 0
+            for kk, k in enumerate(ks):
+                # particles may overlap in projection: accumulate, never overwrite
+                np.add.at(values[row_of[int(k)]], cols[hit], block[kk][hit])
+        return levels, index, values
+
+    def _particle_blocks(self, grid, shape, pixel_size_um, theta_rad, origin_um):
+        """Yield ``(row_slice, col_slice, levels, block)`` per particle in view.
+
+        ``block`` (len(levels), rows, cols) float32 holds the path length per valence level
+        on the particle's bounding box, voids already removed (and clipped at 0, in case
+        voids of one particle overlap).
+        """
         if pixel_size_um <= 0:
             raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um}")
-        out = np.zeros((grid.size, ny, nx), dtype=np.float32)
-        y_ax, x_ax = _pixel_axes((ny, nx), pixel_size_um, origin_um)
+        y_ax, x_ax = _pixel_axes(shape, pixel_size_um, origin_um)
         rot = _rot_y(theta_rad)
         for particle in self.particles:
             cx, cy, cz = rot @ np.asarray(particle.center_um, dtype=float)
@@ -194,21 +247,20 @@ class NMCPhantom:
             xx = (x_ax[sx] - cx)[None, :]
             rho2 = yy * yy + xx * xx
             shells = particle.shells(grid)
-
-            def half_chord(r, rho2=rho2):
-                return np.sqrt(np.maximum(r * r - rho2, 0.0))
-
-            h = {r: half_chord(r) for sh in shells for r in sh[:2]}
+            ks = sorted({k for _, _, k in shells})
+            local = {k: i for i, k in enumerate(ks)}
+            block = np.zeros((len(ks), sy.stop - sy.start, sx.stop - sx.start), np.float32)
+            h = {r: np.sqrt(np.maximum(r * r - rho2, 0.0)) for sh in shells for r in sh[:2]}
             for r_in, r_out, k in shells:
-                out[k, sy, sx] += (2.0 * (h[r_out] - h[r_in])).astype(np.float32)
+                block[local[k]] += (2.0 * (h[r_out] - h[r_in])).astype(np.float32)
             for void in particle.voids:
-                self._subtract_void(out, void, shells, h, (cx, cy, cz), sy, sx,
-                                    y_ax, x_ax, theta_rad)
-        np.maximum(out, 0.0, out=out)  # overlapping voids may subtract twice
-        return out
+                self._subtract_void(block, local, void, shells, h, cz, sy, sx, y_ax, x_ax,
+                                    theta_rad)
+            np.maximum(block, 0.0, out=block)
+            yield sy, sx, ks, block
 
     @staticmethod
-    def _subtract_void(out, void, shells, h, centre, sy, sx, y_ax, x_ax, theta_rad):
+    def _subtract_void(block, local, void, shells, h, cz, sy, sx, y_ax, x_ax, theta_rad):
         """Remove the part of each shell's chord that lies inside the ellipsoid."""
         c, a = void.quadric(theta_rad)
         # Projected half-extents of the ellipsoid: sqrt of the diagonal of A^-1.
@@ -233,13 +285,12 @@ class NMCPhantom:
         z0 = c[2] + (-b - root) / a[2, 2]
         z1 = c[2] + (-b + root) / a[2, 2]
         z1 = np.where(hit, z1, z0)
-        cz = centre[2]
         ry = slice(y0 - sy.start, y1 - sy.start)
         rx = slice(x0 - sx.start, x1 - sx.start)
         for r_in, r_out, k in shells:
             hi, lo = h[r_out][ry, rx], h[r_in][ry, rx]
             inside = _overlap(z0, z1, cz + lo, cz + hi) + _overlap(z0, z1, cz - hi, cz - lo)
-            out[k, y0:y1, x0:x1] -= inside.astype(np.float32)
+            block[local[k], ry, rx] -= inside.astype(np.float32)
 
     # ---------------------------------------------------------------- volumes
     def voxelize(self, shape_zyx, voxel_size_um, *, supersample=2) -> tuple[np.ndarray, np.ndarray]:
