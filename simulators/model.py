@@ -111,6 +111,16 @@ class SimConfig:
         Random-walk drift, nm/√s.
     mono_jump_nm : float
         Standard deviation per axis of the sample jump each time the energy changes, nm.
+    rotation_axis_offset_um : float
+        Where the rotation axis is imaged, relative to the detector centre, µm at the
+        sample (+ → toward larger column): the phantom's origin sits on the axis, so at
+        theta = 0 the whole image is shifted by this much, and in tomography the centre
+        of rotation is off the detector centre, as at a real instrument. The default
+        phantom is narrowed by twice this so it stays in view.
+    wobble_um : float
+        Amplitude of the rotation stage's wobble (radial run-out, once per turn, along x;
+        half of it along y from axis tilt), µm; zero at theta = 0, so 2D XANES at a fixed
+        angle never sees it. Counted in ``FrameTruth.drift_px``.
     max_blur_sigma_px : float
         Cap on the blur sigma in binned pixels (an unfocused image is already mush at
         this blur; the cap bounds the FFT padding and keeps frames fast).
@@ -145,6 +155,8 @@ class SimConfig:
     drift_oscillation_period_s: float = 900.0
     drift_walk_nm_per_sqrt_s: float = 1.0
     mono_jump_nm: float = 25.0
+    rotation_axis_offset_um: float = 0.8
+    wobble_um: float = 0.02
     max_blur_sigma_px: float = 50.0
     margin_fraction: float = 1.0 / 16.0
     mask_min_edge_jump: float = 0.03
@@ -160,8 +172,9 @@ class FrameTruth:
     time_s, energy_ev : float
         When and at which energy the frame was taken.
     drift_px : tuple of float
-        Unintended image shift (dy, dx) in binned pixels (thermal drift + mono jumps),
-        CONVENTIONS sign: +dy = content moved toward larger row index.
+        Unintended image shift (dy, dx) in binned pixels (thermal drift + mono jumps +
+        rotation-stage wobble), CONVENTIONS sign: +dy = content moved toward larger row
+        index.
     stage_offset_px : tuple of float
         Image shift (dy, dx) caused by the commanded sample stage offset, binned px.
     sample_in_beam : bool
@@ -175,6 +188,10 @@ class FrameTruth:
         Global illumination scale (time and energy), relative to ``flat_counts``.
     defocus_um, exposure_s, theta_rad : float
         Sample-side defocus, exposure time and rotation angle of the frame.
+    rotation_center_px : float
+        Detector column (binned px, 0 = first column's centre) on which the rotation axis
+        is imaged in this frame: detector centre + axis offset + stage x + drift x. The
+        ``center`` a tomopy-style reconstruction of these columns needs.
     """
 
     time_s: float
@@ -189,6 +206,7 @@ class FrameTruth:
     defocus_um: float = 0.0
     exposure_s: float = 0.05
     theta_rad: float = 0.0
+    rotation_center_px: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -267,9 +285,13 @@ class SimTXM:
         self.optics = cfg.optics
         self.pixel_size_nm = cfg.optics.pixel_size_nm(by)
         self.fov_um = (ny * self.pixel_size_nm / 1e3, nx * self.pixel_size_nm / 1e3)
-        self.sample = make_nmc_phantom(fov_um=self.fov_um, seed=cfg.seed) if sample is None else sample
+        if sample is None:
+            fov = (self.fov_um[0], self.fov_um[1] - 2.0 * abs(cfg.rotation_axis_offset_um))
+            sample = make_nmc_phantom(fov_um=fov, seed=cfg.seed)
+        self.sample = sample
         self.spectra = NiXanesModel() if spectra is None else spectra
-        seeds = np.random.SeedSequence(cfg.seed).spawn(2)
+        seeds = np.random.SeedSequence(cfg.seed).spawn(3)
+        self._wobble_phase = np.random.default_rng(seeds[2]).uniform(0, 2 * np.pi, 2)
         self.detector = DetectorModel(
             shape=self.shape, flat_counts=cfg.flat_counts,
             reference_exposure_s=cfg.reference_exposure_s, dark_counts=cfg.dark_counts,
@@ -322,7 +344,8 @@ class SimTXM:
         ext_shape = (ny + 2 * m, nx + 2 * m)
         levels, index, values = self.sample.project_sparse(
             self.spectra.valence_grid, ext_shape, p_eff_um, theta_rad=theta_rad,
-            origin_um=(-cy * p_eff_um, -cx * p_eff_um),
+            # the phantom's origin is on the rotation axis, imaged off the detector centre
+            origin_um=(-cy * p_eff_um, -cx * p_eff_um - self.config.rotation_axis_offset_um),
         )
         rows, cols = np.divmod(index, ext_shape[1])
         entry = {
@@ -378,6 +401,13 @@ class SimTXM:
         return np.array(self._window(float(energy_ev), theta_rad, 1.0, (0, 0), 0))
 
     # ------------------------------------------------------------------ acquisition
+    def _wobble_nm(self, theta_rad) -> np.ndarray:
+        """Rotation-stage wobble (dy, dx) at ``theta_rad``, nm; zero at theta = 0."""
+        a = self.config.wobble_um * 1e3
+        py, px = self._wobble_phase
+        return np.array([0.5 * a * (np.sin(theta_rad + py) - np.sin(py)),
+                         a * (np.cos(theta_rad + px) - np.cos(px))])
+
     def _sample_visible(self, theta_rad, rel_mag, shift_px, reach_px) -> bool:
         """Does any particle (grown by ``reach_px``) overlap the detector?"""
         ny, nx = self.shape
@@ -385,7 +415,8 @@ class SimTXM:
         c, s = math.cos(theta_rad), math.sin(theta_rad)
         for part in self.sample.particles:
             x, y, z = part.center_um
-            px_x = (c * x + s * z) / p_eff_um + (nx - 1) / 2 + shift_px[1]
+            x_rot = c * x + s * z + self.config.rotation_axis_offset_um
+            px_x = x_rot / p_eff_um + (nx - 1) / 2 + shift_px[1]
             px_y = y / p_eff_um + (ny - 1) / 2 + shift_px[0]
             r = part.radius_um / p_eff_um + reach_px
             if -r < px_x < nx - 1 + r and -r < px_y < ny - 1 + r:
@@ -464,7 +495,7 @@ class SimTXM:
             self.drift.mono_moved()
         self._last_energy_ev = energy_ev
         px_um = self.pixel_size_nm / 1e3
-        drift = self.drift.offset(time_s) / self.pixel_size_nm * rel
+        drift = (self.drift.offset(time_s) + self._wobble_nm(theta_rad)) / self.pixel_size_nm * rel
         stage = np.array([sample_y_um, sample_x_um], dtype=float) / px_um * rel
         sigma_px = min(state.blur_sigma_um / px_um * rel, cfg.max_blur_sigma_px)
         shift = drift + stage
@@ -484,6 +515,8 @@ class SimTXM:
             magnification=state.magnification, blur_sigma_px=float(sigma_px),
             flat_scale=self.detector.flat_scale(time_s, energy_ev),
             defocus_um=state.defocus_um, exposure_s=float(exposure_s), theta_rad=float(theta_rad),
+            rotation_center_px=float((self.shape[1] - 1) / 2 + cfg.rotation_axis_offset_um / px_um * rel
+                                     + stage[1] + drift[1]),
         )
         return Frame(image=image, truth=truth)
 
