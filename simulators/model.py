@@ -115,8 +115,10 @@ class SimConfig:
         Where the rotation axis is imaged, relative to the detector centre, µm at the
         sample (+ → toward larger column): the phantom's origin sits on the axis, so at
         theta = 0 the whole image is shifted by this much, and in tomography the centre
-        of rotation is off the detector centre, as at a real instrument. The default
-        phantom is narrowed by twice this so it stays in view.
+        of rotation is off the detector centre, as at a real instrument (FXI: tens of
+        unbinned pixels; 0.8 µm = 40 px of 20 nm is typical). Default 0 keeps 2D XANES
+        geometry identical to the phantom's; set it for tomography. The default phantom
+        is narrowed by twice this so it stays in view.
     wobble_um : float
         Amplitude of the rotation stage's wobble (radial run-out, once per turn, along x;
         half of it along y from axis tilt), µm; zero at theta = 0, so 2D XANES at a fixed
@@ -155,7 +157,7 @@ class SimConfig:
     drift_oscillation_period_s: float = 900.0
     drift_walk_nm_per_sqrt_s: float = 1.0
     mono_jump_nm: float = 25.0
-    rotation_axis_offset_um: float = 0.8
+    rotation_axis_offset_um: float = 0.0
     wobble_um: float = 0.02
     max_blur_sigma_px: float = 50.0
     margin_fraction: float = 1.0 / 16.0
