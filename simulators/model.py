@@ -491,6 +491,9 @@ class SimTXM:
         """
         cfg = self.config
         energy_ev = float(energy_ev)
+        if not exposure_s > 0:
+            raise ValueError(f"exposure_s must be > 0, got {exposure_s}")
+        # validates energy range and geometry before any state (drift jumps) changes
         state = self.optics.imaging_state(energy_ev, zp_z_mm, det_z_mm)
         rel = state.relative_magnification
         if self._last_energy_ev is not None and abs(energy_ev - self._last_energy_ev) > 1e-6:

@@ -241,3 +241,32 @@ def test_wobble_is_zero_at_theta_zero_and_counted_as_drift():
     at90 = sim.acquire(energy_ev=8400.0, zp_z_mm=zp, det_z_mm=det, theta_rad=np.pi / 2)
     assert at0.truth.drift_px == (0.0, 0.0)
     assert 0.1 < np.hypot(*at90.truth.drift_px) < 3 * 0.5e3 / sim.pixel_size_nm
+
+
+def test_large_stage_offset_brings_in_sample_from_outside_the_view():
+    """A half-FOV move re-projects the phantom: the image equals the moved sample's."""
+    sim = SimTXM(SimConfig(**STILL, wobble_um=0.0, seed=13, shape=(128, 128)))
+    px_um = sim.pixel_size_nm / 1e3
+    dx = 50  # px: far beyond the cached projection margin
+    shot = take(sim, 8400.0, sample_x_um=dx * px_um)
+    meas = absorbance(sim, shot)
+    assert shot.truth.sample_in_beam
+    # independent expectation from the phantom's public projection, viewed from −dx
+    proj = sim.sample.project(sim.spectra.valence_grid, sim.shape, px_um,
+                              origin_um=(0.0, -dx * px_um))
+    expected = np.tensordot(sim.spectra.mu_grid_per_um(8400.0), proj, axes=1)
+    sample = (expected > 0.05) | (sim.absorbance(8400.0) > 0.05)
+    err = np.median(np.abs(meas - expected)[sample])
+    assert err < 0.01
+    assert np.median(np.abs(meas - sim.absorbance(8400.0))[sample]) > 10 * err  # it moved
+
+
+def test_invalid_acquire_arguments_change_nothing():
+    sim = SimTXM(SimConfig(seed=14))
+    zp, det = sim.optics.focus_positions(8333.0)
+    sim.acquire(energy_ev=8333.0, zp_z_mm=zp, det_z_mm=det)
+    with pytest.raises(ValueError, match="exposure_s must be > 0"):
+        sim.acquire(energy_ev=8340.0, zp_z_mm=zp, det_z_mm=det, exposure_s=0.0)
+    with pytest.raises(ValueError, match="outside the supported range"):
+        sim.acquire(energy_ev=30000.0, zp_z_mm=zp, det_z_mm=det)
+    assert sim.drift.n_jumps == 0
