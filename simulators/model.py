@@ -6,8 +6,10 @@ Pure numpy/scipy; no ophyd. The ophyd devices in ``simulators/devices.py`` wrap
 Per frame (see :meth:`SimTXM.acquire`):
 
 1. optics: ``imaging_state(E, zp_z_mm, det_z_mm)`` → magnification and blur;
-2. sample: the per-valence projection (K, ny, nx) of the analytic phantom, cached per
-   (theta, magnification, window), contracted with ``mu_k(E)`` → absorbance;
+2. sample: the per-valence projection of the analytic phantom (stored sparsely: only
+   pixels with material and valence levels present), cached per (theta, magnification)
+   and re-centred when the window moves beyond its margin, contracted with ``mu_k(E)``
+   → absorbance;
 3. transmission ``exp(−absorbance)`` is shifted (drift + stage offset) and blurred in one
    multiplication in Fourier space, on a window padded with real sample content (and a
    taper to the open beam at its very edge) so nothing wraps around;
