@@ -304,6 +304,33 @@ class XanesResult:
 # --------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------
+def _default_whiteline_range(mean, E, e0, t, ps, qs, wa, wb, ws, wl_tab, order, hw, ed_tab,
+                             ed_hw, tie, p):
+    """Whiteline search range: +-10 eV around the mean spectrum's whiteline
+    (found in e0 .. e0 + 40 eV), not below e0; (0, 40) if it has none."""
+    wide = (0.0, 40.0)
+    if not np.all(np.isfinite(mean)):
+        return wide
+    ks0 = int(np.searchsorted(E, e0, side="left"))
+    ks1 = int(np.searchsorted(E, e0 + 40.0, side="right"))
+    if ks1 - ks0 < 3:
+        return wide
+    one = np.ascontiguousarray(mean.reshape(-1, 1, 1))
+    outs = [np.empty((1, 1)) for _ in range(6)]
+    st = np.empty((1, 1), np.uint8)
+    _k.fit_kernel(
+        one, np.arange(E.size, dtype=np.int64), np.arange(E.size + 1, dtype=np.int64), E, t,
+        ps.start, ps.stop, wa, wb, qs.start, qs.stop, ws, float(t[p["ie0"]]),
+        ks0, ks1, *wl_tab, order, hw, *ed_tab, ed_hw,
+        -np.inf, 0.0, tie, np.ones((1, 1), np.bool_), False,
+        *outs, st, np.empty((1, 1, 1)), False,
+    )
+    w = float(outs[0][0, 0])
+    if st[0, 0] != _k.OK or not np.isfinite(w):
+        return wide
+    return (max(0.0, w - e0 - 10.0), w - e0 + 10.0)
+
+
 def _whiteline_bias(arr, groups, wl_map, mask, E, t, ps, qs, wa, wb, ws, t_e0, ks0, ks1,
                     wl_tab, order, hw, ed_tab, ed_hw, tie, *, n_bins=8, min_pixels=30,
                     max_pixels=20000, seed=0):
@@ -425,7 +452,8 @@ def fit_xanes(
         Post-edge polynomial degree; Larch's default when None.
     whiteline_range : (float, float) or None, optional
         Search range for the whiteline relative to e0 (eV). Default None:
-        ``(0, 40)`` clipped to the data.
+        +-10 eV around the whiteline of the mean spectrum (searched from e0 to
+        e0 + 40 eV), not below e0; ``(0, 40)`` if the mean spectrum has none.
     whiteline_halfwidth : float, optional
         Half-width (eV) of the local polynomial used to smooth the spectrum
         and locate the whiteline maximum. Default 3.0. Widened to at least
@@ -578,8 +606,13 @@ def fit_xanes(
         ws = np.zeros(E.size)
         ws[qs] = (t[p["ie0"]] ** np.arange(p["nnorm"] + 1)) @ R
 
+        wl_start, wl_len, wl_W = _local_tables(E, whiteline_halfwidth, whiteline_order)
+        ed_start, ed_len, ed_W = _local_tables(E, edge_halfwidth, 1)
         if whiteline_range is None:
-            wr = (0.0, 40.0)
+            wr = _default_whiteline_range(mean, E, e0_used, t, ps, qs, wa, wb, ws,
+                                          (wl_start, wl_len, wl_W), int(whiteline_order),
+                                          float(whiteline_halfwidth), (ed_start, ed_len, ed_W),
+                                          float(edge_halfwidth), float(whiteline_tie), p)
         else:
             wr = tuple(float(v) for v in whiteline_range)
             if len(wr) != 2 or not wr[0] < wr[1]:
@@ -591,17 +624,17 @@ def fit_xanes(
                 f"whiteline_range e0{wr[0]:+g} to e0{wr[1]:+g} eV holds {ks1 - ks0} "
                 f"energies; need at least 3"
             )
-        wl_start, wl_len, wl_W = _local_tables(E, whiteline_halfwidth, whiteline_order)
-        ed_start, ed_len, ed_W = _local_tables(E, edge_halfwidth, 1)
-
         maps = [np.empty((ny, nx), dtype=out_dtype) for _ in range(6)]
         status = np.empty((ny, nx), dtype=np.uint8)
         norm_out = (np.empty((E.size, ny, nx), dtype=out_dtype) if return_normalized
                     else np.empty((1, 1, 1), dtype=out_dtype))
+        kd = out_dtype  # kernel arithmetic dtype (see fit_kernel)
         _k.fit_kernel(
-            arr, groups.index, groups.ptr, E, t,
-            ps.start, ps.stop, wa, wb, qs.start, qs.stop, ws, float(t[p["ie0"]]),
-            ks0, ks1, wl_start, wl_len, wl_W, int(whiteline_order), float(whiteline_halfwidth),
+            arr, groups.index, groups.ptr, E, t.astype(kd),
+            ps.start, ps.stop, wa.astype(kd), wb.astype(kd), qs.start, qs.stop, ws.astype(kd),
+            float(t[p["ie0"]]),
+            ks0, ks1, wl_start, wl_len, wl_W.astype(kd), int(whiteline_order),
+            float(whiteline_halfwidth),
             ed_start, ed_len, ed_W, float(edge_halfwidth),
             float(edge_jump_min), float(edge_jump_snr), float(whiteline_tie),
             user_mask, mask is not None,

@@ -43,7 +43,7 @@ def frame_sums(stack):
     return sums, counts
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract", "arcp"})
 def _poly_fit(n, start, length, W, k, order, coef):
     for q in range(order + 1):
         acc = 0.0
@@ -86,18 +86,26 @@ def _poly_eval(coef, order, t):
 
 @njit(cache=True)
 def _nearest(E, lo, hi, e):
-    """Index in [lo, hi) of E nearest to e (E increasing)."""
-    best = lo
-    bd = abs(E[lo] - e)
-    for j in range(lo + 1, hi):
-        d = abs(E[j] - e)
-        if d < bd:
-            bd = d
-            best = j
-    return best
+    """Index in [lo, hi) of E nearest to e (E increasing), by bisection."""
+    a = lo
+    b = hi - 1
+    if e <= E[a]:
+        return a
+    if e >= E[b]:
+        return b
+    while b - a > 1:
+        m = (a + b) // 2
+        if E[m] <= e:
+            a = m
+        else:
+            b = m
+    return a if e - E[a] <= E[b] - e else b
 
 
-@njit(parallel=True, cache=True)
+_FAST = {"reassoc", "contract", "arcp"}  # no 'nnan'/'ninf': NaN checks must survive
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
 def fit_kernel(
     stack, gidx, gptr, E, t,
     pre_lo, pre_hi, wa, wb, post_lo, post_hi, ws, t_e0,
@@ -107,146 +115,196 @@ def fit_kernel(
     out_wl, out_edge, out_jump, out_pre, out_height, out_noise, out_status,
     norm_out, write_norm,
 ):
+    """One pass over the stack, in tiles of TILE pixels along x.
+
+    The tile buffers and the linear weights (``wa``, ``wb``, ``ws``, ``t``,
+    ``wl_W``) share one float dtype: float32 for float32 stacks (twice the
+    SIMD width; rounding ~1e-7 relative, far below any noise), float64
+    otherwise; the per-pixel refinements are in float64.
+
+    The linear parts (pre-edge line, edge step, normalization, smoothing and
+    the argmax of the smoothed spectrum) run energy-outer / pixel-inner so
+    that they vectorize; the rest (two-maxima rule, vertex refinement, edge
+    crossing) is scalar per pixel on data already in cache.
+    """
     ny = stack.shape[1]
     nx = stack.shape[2]
     nu = E.shape[0]
+    nk = ks1 - ks0
     ntx = (nx + TILE - 1) // TILE
     ntiles = ny * ntx
+    has_noise = pre_hi - pre_lo > 2
     for tile in prange(ntiles):
         y = tile // ntx
         x0 = (tile % ntx) * TILE
         x1 = min(nx, x0 + TILE)
         w = x1 - x0
-        buf = np.zeros((w, nu))
+        n = np.empty((nu, w), dtype=wa.dtype)
         for j in range(nu):
             g0 = gptr[j]
             g1 = gptr[j + 1]
-            for g in range(g0, g1):
-                f = gidx[g]
-                for x in range(x0, x1):
-                    buf[x - x0, j] += stack[f, y, x]
+            f = gidx[g0]
+            for x in range(w):
+                n[j, x] = stack[f, y, x0 + x]
             if g1 - g0 > 1:
+                for g in range(g0 + 1, g1):
+                    f = gidx[g]
+                    for x in range(w):
+                        n[j, x] += stack[f, y, x0 + x]
                 inv = 1.0 / (g1 - g0)
                 for x in range(w):
-                    buf[x, j] *= inv
-        n = np.empty(nu)
-        s = np.empty(nu)
+                    n[j, x] *= inv
+        bad = np.zeros(w, dtype=wa.dtype)
+        for j in range(nu):
+            for x in range(w):
+                v = n[j, x]
+                bad[x] += v - v  # NaN (or inf - inf) stays NaN: non-finite flag
+        a = np.zeros(w, dtype=wa.dtype)
+        b = np.zeros(w, dtype=wa.dtype)
+        for j in range(pre_lo, pre_hi):
+            caj = wa[j]
+            cbj = wb[j]
+            for x in range(w):
+                a[x] += caj * n[j, x]
+                b[x] += cbj * n[j, x]
+        noise = np.full(w, np.nan)
+        if has_noise:
+            r2 = np.zeros(w)
+            for j in range(pre_lo, pre_hi):
+                tj = t[j]
+                for x in range(w):
+                    r = n[j, x] - a[x] - b[x] * tj
+                    r2[x] += r * r
+            scale = 1.0 / (pre_hi - pre_lo - 2)
+            for x in range(w):
+                noise[x] = np.sqrt(r2[x] * scale)
+        step = np.zeros(w, dtype=wa.dtype)
+        for j in range(post_lo, post_hi):
+            wj = ws[j]
+            tj = t[j]
+            for x in range(w):
+                step[x] += wj * (n[j, x] - a[x] - b[x] * tj)
+        inv = np.empty(w, dtype=wa.dtype)
+        for x in range(w):
+            inv[x] = 1.0 / step[x] if step[x] > 0.0 else np.nan
+        for j in range(nu):
+            tj = t[j]
+            for x in range(w):
+                n[j, x] = (n[j, x] - a[x] - b[x] * tj) * inv[x]
+        if write_norm:
+            for j in range(nu):
+                for x in range(w):
+                    norm_out[j, y, x0 + x] = n[j, x] if bad[x] == 0.0 else np.nan
+        # smoothed spectrum over the whiteline search range and its argmax
+        s = np.empty((nk, w), dtype=wa.dtype)
+        kg = np.zeros(w, dtype=np.int64)
+        smax = np.full(w, -np.inf, dtype=wa.dtype)
+        for kk in range(nk):
+            k = ks0 + kk
+            st0 = wl_start[k]
+            for x in range(w):
+                s[kk, x] = 0.0
+            for i in range(wl_len[k]):
+                c = wl_W[k, 0, i]
+                for x in range(w):
+                    s[kk, x] += c * n[st0 + i, x]
+            for x in range(w):
+                if s[kk, x] > smax[x]:
+                    smax[x] = s[kk, x]
+                    kg[x] = kk
         coef = np.zeros(4)
         for xi in range(w):
             x = x0 + xi
-            u = buf[xi]
             status = OK
             if use_user_mask and not user_mask[y, x]:
                 status = USER_MASKED
-            finite = True
-            for j in range(nu):
-                if not np.isfinite(u[j]):
-                    finite = False
-                    break
             wl = np.nan
             edge = np.nan
-            step = np.nan
-            pre_e0 = np.nan
             height = np.nan
-            noise = np.nan
-            if not finite:
+            st_x = step[xi]
+            pre_e0 = a[xi] + b[xi] * t_e0
+            if bad[xi] != 0.0:
                 status = NONFINITE
-            else:
-                # pre-edge line a + b t
-                a = 0.0
-                b = 0.0
-                for j in range(pre_lo, pre_hi):
-                    a += wa[j] * u[j]
-                    b += wb[j] * u[j]
-                pre_e0 = a + b * t_e0
-                if pre_hi - pre_lo > 2:
-                    r2 = 0.0
-                    for j in range(pre_lo, pre_hi):
-                        r = u[j] - a - b * t[j]
-                        r2 += r * r
-                    noise = np.sqrt(r2 / (pre_hi - pre_lo - 2))
-                step = 0.0
-                for j in range(post_lo, post_hi):
-                    step += ws[j] * (u[j] - a - b * t[j])
-                if step > 0.0:
-                    inv = 1.0 / step
-                    for j in range(nu):
-                        n[j] = (u[j] - a - b * t[j]) * inv
-                    if write_norm:
-                        for j in range(nu):
-                            norm_out[j, y, x] = n[j]
-                elif write_norm:
-                    for j in range(nu):
-                        norm_out[j, y, x] = np.nan
-                if status == OK:
-                    if not (step > jump_min) or (noise == noise and step < jump_snr * noise):
-                        status = SMALL_JUMP
-                if status == OK:
-                    # smoothed spectrum over the whiteline search range
-                    kg = ks0
-                    for k in range(ks0, ks1):
-                        _poly_fit(n, wl_start, wl_len, wl_W, k, wl_order, coef)
-                        s[k] = coef[0]
-                        if s[k] > s[kg]:
-                            kg = k
-                    if kg == ks0 or kg == ks1 - 1:
-                        status = NO_WHITELINE
+                st_x = np.nan
+                pre_e0 = np.nan
+            elif status == OK:
+                nz = noise[xi]
+                if not (st_x > jump_min) or (nz == nz and st_x < jump_snr * nz):
+                    status = SMALL_JUMP
+            if status == OK:
+                g = kg[xi]
+                if g == 0 or g == nk - 1:
+                    status = NO_WHITELINE
+                else:
+                    # tie rule: a separate lower-energy peak within `tie` of
+                    # the highest one wins
+                    kc = g
+                    smin = s[g, xi]
+                    top = s[g, xi]
+                    for kk in range(g - 1, 0, -1):
+                        v = s[kk, xi]
+                        if v < smin:
+                            smin = v
+                        if (v >= s[kk - 1, xi] and v >= s[kk + 1, xi]
+                                and v >= top - tie and smin < v - tie):
+                            kc = kk
+                    k = ks0 + kc
+                    tv = np.nan
+                    for _it in range(6):
+                        for q in range(wl_order + 1):
+                            acc = 0.0
+                            st0 = wl_start[k]
+                            for i in range(wl_len[k]):
+                                acc += wl_W[k, q, i] * n[st0 + i, xi]
+                            coef[q] = acc
+                        tv = _vertex(coef, wl_order, wl_hw)
+                        if np.isnan(tv):
+                            break
+                        kn = _nearest(E, ks0, ks1, E[k] + tv)
+                        if kn == k:
+                            break
+                        k = kn
+                    if np.isnan(tv) or abs(tv) > 2.0 * wl_hw:
+                        wl = E[k]
+                        height = s[k - ks0, xi]
                     else:
-                        # tie rule: a separate lower-energy peak within `tie`
-                        # of the highest one wins
-                        kc = kg
-                        smin = s[kg]
-                        for k in range(kg - 1, ks0, -1):
-                            if s[k] < smin:
-                                smin = s[k]
-                            if (s[k] >= s[k - 1] and s[k] >= s[k + 1]
-                                    and s[k] >= s[kg] - tie and smin < s[k] - tie):
-                                kc = k
-                        k = kc
-                        tv = np.nan
-                        for _it in range(6):
-                            _poly_fit(n, wl_start, wl_len, wl_W, k, wl_order, coef)
-                            tv = _vertex(coef, wl_order, wl_hw)
-                            if np.isnan(tv):
+                        wl = E[k] + tv
+                        height = _poly_eval(coef, wl_order, tv)
+                    # edge: first crossing of 0.5 below the whiteline
+                    jc = -1
+                    for j in range(k - 1, -1, -1):
+                        if n[j, xi] < 0.5:
+                            jc = j
+                            break
+                    if jc < 0 or jc + 1 >= nu:
+                        status = NO_EDGE
+                    else:
+                        n0 = n[jc, xi]
+                        n1 = n[jc + 1, xi]
+                        ec = E[jc] + (0.5 - n0) * (E[jc + 1] - E[jc]) / (n1 - n0)
+                        edge = ec
+                        kk2 = _nearest(E, 0, nu, ec)
+                        for _it in range(3):
+                            c0 = 0.0
+                            c1 = 0.0
+                            st0 = ed_start[kk2]
+                            for i in range(ed_len[kk2]):
+                                c0 += ed_W[kk2, 0, i] * n[st0 + i, xi]
+                                c1 += ed_W[kk2, 1, i] * n[st0 + i, xi]
+                            if c1 <= 0.0:
                                 break
-                            kn = _nearest(E, ks0, ks1, E[k] + tv)
-                            if kn == k:
+                            te = (0.5 - c0) / c1
+                            if abs(te) > 2.0 * ed_hw:
                                 break
-                            k = kn
-                        if np.isnan(tv) or abs(tv) > 2.0 * wl_hw:
-                            wl = E[k]
-                            height = s[k]
-                        else:
-                            wl = E[k] + tv
-                            height = _poly_eval(coef, wl_order, tv)
-                        # edge: first crossing of 0.5 below the whiteline
-                        jc = -1
-                        for j in range(k - 1, -1, -1):
-                            if n[j] < 0.5:
-                                jc = j
+                            edge = E[kk2] + te
+                            kn = _nearest(E, 0, nu, edge)
+                            if kn == kk2:
                                 break
-                        if jc < 0 or jc + 1 >= nu:
-                            status = NO_EDGE
-                        else:
-                            ec = E[jc] + (0.5 - n[jc]) * (E[jc + 1] - E[jc]) / (n[jc + 1] - n[jc])
-                            edge = ec
-                            kk = _nearest(E, 0, nu, ec)
-                            for _it in range(3):
-                                _poly_fit(n, ed_start, ed_len, ed_W, kk, 1, coef)
-                                if coef[1] <= 0.0:
-                                    break
-                                te = (0.5 - coef[0]) / coef[1]
-                                if abs(te) > 2.0 * ed_hw:
-                                    break
-                                edge = E[kk] + te
-                                kn = _nearest(E, 0, nu, edge)
-                                if kn == kk:
-                                    break
-                                kk = kn
+                            kk2 = kn
             out_wl[y, x] = wl
             out_edge[y, x] = edge
-            out_jump[y, x] = step
+            out_jump[y, x] = st_x
             out_pre[y, x] = pre_e0
             out_height[y, x] = height
-            out_noise[y, x] = noise
+            out_noise[y, x] = noise[xi]
             out_status[y, x] = status
