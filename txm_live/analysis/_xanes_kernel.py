@@ -143,37 +143,40 @@ def fit_kernel(
         for j in range(nu):
             g0 = gptr[j]
             g1 = gptr[j + 1]
-            f = gidx[g0]
+            nj = n[j]
+            src = stack[gidx[g0], y, x0:x1]
             for x in range(w):
-                n[j, x] = stack[f, y, x0 + x]
+                nj[x] = src[x]
             if g1 - g0 > 1:
                 for g in range(g0 + 1, g1):
-                    f = gidx[g]
+                    src = stack[gidx[g], y, x0:x1]
                     for x in range(w):
-                        n[j, x] += stack[f, y, x0 + x]
+                        nj[x] += src[x]
                 inv = 1.0 / (g1 - g0)
                 for x in range(w):
-                    n[j, x] *= inv
+                    nj[x] *= inv
         bad = np.zeros(w, dtype=wa.dtype)
-        for j in range(nu):
-            for x in range(w):
-                v = n[j, x]
-                bad[x] += v - v  # NaN (or inf - inf) stays NaN: non-finite flag
         a = np.zeros(w, dtype=wa.dtype)
         b = np.zeros(w, dtype=wa.dtype)
+        for j in range(nu):
+            nj = n[j]
+            for x in range(w):
+                bad[x] += nj[x] - nj[x]  # NaN/inf -> NaN: the non-finite flag
         for j in range(pre_lo, pre_hi):
             caj = wa[j]
             cbj = wb[j]
+            nj = n[j]
             for x in range(w):
-                a[x] += caj * n[j, x]
-                b[x] += cbj * n[j, x]
-        noise = np.full(w, np.nan)
+                a[x] += caj * nj[x]
+                b[x] += cbj * nj[x]
+        noise = np.full(w, np.nan, dtype=wa.dtype)
         if has_noise:
-            r2 = np.zeros(w)
+            r2 = np.zeros(w, dtype=wa.dtype)
             for j in range(pre_lo, pre_hi):
                 tj = t[j]
+                nj = n[j]
                 for x in range(w):
-                    r = n[j, x] - a[x] - b[x] * tj
+                    r = nj[x] - a[x] - b[x] * tj
                     r2[x] += r * r
             scale = 1.0 / (pre_hi - pre_lo - 2)
             for x in range(w):
@@ -182,35 +185,39 @@ def fit_kernel(
         for j in range(post_lo, post_hi):
             wj = ws[j]
             tj = t[j]
+            nj = n[j]
             for x in range(w):
-                step[x] += wj * (n[j, x] - a[x] - b[x] * tj)
+                step[x] += wj * (nj[x] - a[x] - b[x] * tj)
         inv = np.empty(w, dtype=wa.dtype)
         for x in range(w):
             inv[x] = 1.0 / step[x] if step[x] > 0.0 else np.nan
         for j in range(nu):
             tj = t[j]
+            nj = n[j]
             for x in range(w):
-                n[j, x] = (n[j, x] - a[x] - b[x] * tj) * inv[x]
+                nj[x] = (nj[x] - a[x] - b[x] * tj) * inv[x]
         if write_norm:
             for j in range(nu):
+                nj = n[j]
+                dst = norm_out[j, y, x0:x1]
                 for x in range(w):
-                    norm_out[j, y, x0 + x] = n[j, x] if bad[x] == 0.0 else np.nan
+                    dst[x] = nj[x] if bad[x] == 0.0 else np.nan
         # smoothed spectrum over the whiteline search range and its argmax
-        s = np.empty((nk, w), dtype=wa.dtype)
+        s = np.zeros((nk, w), dtype=wa.dtype)
         kg = np.zeros(w, dtype=np.int64)
         smax = np.full(w, -np.inf, dtype=wa.dtype)
         for kk in range(nk):
             k = ks0 + kk
             st0 = wl_start[k]
-            for x in range(w):
-                s[kk, x] = 0.0
+            sk = s[kk]
             for i in range(wl_len[k]):
                 c = wl_W[k, 0, i]
+                ni = n[st0 + i]
                 for x in range(w):
-                    s[kk, x] += c * n[st0 + i, x]
+                    sk[x] += c * ni[x]
             for x in range(w):
-                if s[kk, x] > smax[x]:
-                    smax[x] = s[kk, x]
+                if sk[x] > smax[x]:
+                    smax[x] = sk[x]
                     kg[x] = kk
         coef = np.zeros(4)
         for xi in range(w):
