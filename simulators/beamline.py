@@ -15,10 +15,7 @@ from .devices import (
     SimTXMDetector,
     SimZonePlate,
 )
-try:
-    from .model import SimConfig, SimTXM
-except ImportError:  # TEMP until model lands
-    SimConfig = SimTXM = None
+from .model import SimConfig, SimTXM
 from .timing import SimClock
 
 

@@ -1,0 +1,166 @@
+"""The Tiled store: an embedded server on 127.0.0.1, the writer, and finding runs again.
+
+At a facility txm-live points at the facility's Tiled URL; on a laptop or in tests
+:class:`EmbeddedTiled` starts a local Tiled server (SQLite catalog + data folder) on a
+background thread, reachable over HTTP so a second process (another IPython, a replay, an
+analysis worker) can read the runs. Raw frames stay in the detector's HDF5 files; Tiled
+registers them as external data, so the server is given the frame folder as readable
+storage.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+URI_FILE = "tiled-uri.txt"
+
+
+def register_bluesky_exporters() -> None:
+    """Teach Tiled to export a BlueskyRun as a document stream (``run.documents()``).
+
+    Must run before a server is built; registering twice is harmless.
+    """
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+
+
+class EmbeddedTiled:
+    """A Tiled server on 127.0.0.1 holding a catalog in ``directory``.
+
+    Parameters
+    ----------
+    directory : path
+        Catalog (SQLite), Tiled's own data and logs. Reusing a folder reopens its runs.
+    readable_storage : sequence of paths
+        Folders of external files (detector HDF5) the server may read.
+    port : int
+        0 picks a free port.
+    api_key : str, optional
+        Single-user key; a random one when omitted. It is part of :attr:`uri`.
+
+    Notes
+    -----
+    The URI (with its key) is also written to ``directory/tiled-uri.txt`` with owner-only
+    permissions, so other processes on this machine can connect
+    (:func:`connect` reads it).
+    """
+
+    def __init__(self, directory, *, readable_storage=(), port: int = 0, api_key: str | None = None):
+        from tiled.server import SimpleTiledServer
+
+        register_bluesky_exporters()
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        storage = [Path(p).resolve() for p in readable_storage]
+        for p in storage:
+            p.mkdir(parents=True, exist_ok=True)
+        self._server = SimpleTiledServer(
+            directory=self.directory, readable_storage=storage or None, port=port, api_key=api_key
+        )
+        self.uri = self._server.uri
+        uri_file = self.directory / URI_FILE
+        uri_file.write_text(self.uri + "\n")
+        os.chmod(uri_file, 0o600)
+
+    def client(self):
+        """A new HTTP client of this server (``tiled.client.from_uri``)."""
+        from tiled.client import from_uri
+
+        return from_uri(self.uri)
+
+    def close(self) -> None:
+        self._server.close()
+        (self.directory / URI_FILE).unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connect(uri_or_directory):
+    """A Tiled client from a URI, or from a folder an :class:`EmbeddedTiled` runs in."""
+    from tiled.client import from_uri
+
+    target = str(uri_or_directory)
+    if not target.startswith(("http://", "https://")):
+        uri_file = Path(target) / URI_FILE
+        if not uri_file.exists():
+            raise FileNotFoundError(
+                f"no Tiled server is running for {target!r} ({uri_file} is missing); "
+                "start one with `txm-live serve` or give its URI"
+            )
+        target = uri_file.read_text().strip()
+    return from_uri(target)
+
+
+class SafeTiledWriter:
+    """``bluesky_tiled_plugins.TiledWriter`` on its own thread, unable to stop a scan.
+
+    Each write to Tiled is an HTTP round trip (~0.1 s per document measured here), far too
+    slow for the RunEngine's thread. Documents are queued and written in order by a worker
+    thread, each event as it comes (``batch_size=1``) so other processes see the run
+    grow. If Tiled fails (the server went away, a disk filled), the error is logged and
+    kept in :attr:`failures`, the documents go to ``backup_directory`` as JSON lines
+    (TiledWriter's backup), and the scan and its raw files carry on untouched.
+    """
+
+    def __init__(self, client, *, backup_directory=None, batch_size: int = 1):
+        import queue
+        import threading
+
+        from bluesky_tiled_plugins import TiledWriter
+
+        self.backup_directory = Path(backup_directory) if backup_directory else None
+        if self.backup_directory is not None:
+            self.backup_directory.mkdir(parents=True, exist_ok=True)
+        self._writer = TiledWriter(
+            client,
+            batch_size=batch_size,
+            backup_directory=str(self.backup_directory) if self.backup_directory else None,
+        )
+        self.failures: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="tiled-writer", daemon=True)
+        self._thread.start()
+
+    def __call__(self, name, doc):
+        # Documents are not copied: bluesky does not mutate a document after emitting it.
+        self._queue.put((name, doc))
+
+    def _work(self):
+        while True:
+            name, doc = self._queue.get()
+            try:
+                if name is not None:
+                    self._writer(name, doc)
+            except Exception as exc:  # a storage failure must never reach the RunEngine
+                message = f"Tiled writer failed on {name!r} document: {exc!r}"
+                self.failures.append(message)
+                logger.error(message)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every queued document is written; False if ``timeout`` (s) ran out."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+def subscribe_tiled_writer(RE, client, *, backup_directory=None, batch_size: int = 1) -> SafeTiledWriter:
+    """Subscribe a :class:`SafeTiledWriter` for ``client`` to the RunEngine ``RE``."""
+    writer = SafeTiledWriter(client, backup_directory=backup_directory, batch_size=batch_size)
+    writer.token = RE.subscribe(writer)
+    return writer
