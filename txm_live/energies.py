@@ -45,8 +45,9 @@ def xanes_energy_list(
     Returns
     -------
     numpy.ndarray, shape (n,)
-        The defaults give 64 energies from edge − 60 to edge + 120 eV with 0.75 eV steps
-        from −15 to +25 eV (edge and whiteline).
+        The defaults give 75 energies from edge − 60 to edge + 120 eV, 0.75 eV apart from
+        −15 to +25 eV (edge and whiteline). Each region's step is adjusted so the region
+        holds a whole number of steps.
     """
     regions = [
         (pre_edge_ev, pre_edge_step_ev),
@@ -57,7 +58,9 @@ def xanes_energy_list(
     for (start, stop), step in regions:
         if not (step > 0 and stop > start):
             raise ValueError(f"region ({start}, {stop}) eV with step {step} eV is empty or reversed")
-        parts.append(np.arange(start, stop, step))
+        # An integer number of steps per region, so no region ends in a sliver of a step.
+        n = max(1, round((stop - start) / step))
+        parts.append(np.linspace(start, stop, n, endpoint=False))
     parts.append(np.array([post_edge_ev[1]]))
     relative = np.unique(np.round(np.concatenate(parts), 6))
     return float(edge_ev) + relative
