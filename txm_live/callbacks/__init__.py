@@ -1,0 +1,150 @@
+"""Live analysis on the document stream: route runs, hand work to a worker, emit analysis runs.
+
+One call sets it up for a profile or ``make demo``::
+
+    handle = subscribe_live_analysis(RE, tiled_client, preview_dir="previews")
+    RE(xanes_2d(...))
+    handle.wait(60)                       # block until the queued analysis is done
+    handle.analysis_uids[raw_uid]         # the analysis run(s) of a raw run
+
+The RunEngine thread only runs :meth:`LiveAnalysis.__call__`, which copies the document
+onto a queue and returns (microseconds). One worker thread feeds an
+``event_model.RunRouter`` that builds an analysis per run by ``scan_type``
+(:data:`ANALYSES`); analysis documents go to a :class:`txm_live.store.SafeTiledWriter`
+(its own thread) and to any extra ``sinks``. Errors in analysis are logged, recorded in the
+analysis run and in :attr:`LiveAnalysis.failures`, and never reach the RunEngine.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+
+import event_model
+
+from .preview import PngPreview
+from .xanes2d import ANALYSIS_NAME, Xanes2DAnalysis
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ANALYSES", "LiveAnalysis", "PngPreview", "Xanes2DAnalysis", "subscribe_live_analysis",
+           "ANALYSIS_NAME"]
+
+#: scan_type -> analysis class (an ``event_model.DocumentRouter`` taking ``(start, emit, **options)``)
+ANALYSES = {"xanes2d": Xanes2DAnalysis}
+
+
+class LiveAnalysis:
+    """A ``(name, doc)`` callable that analyses runs on a worker thread.
+
+    Parameters
+    ----------
+    tiled_client : tiled client, optional
+        Where analysis runs are written (through a :class:`~txm_live.store.SafeTiledWriter`).
+    preview_dir : path, optional
+        Folder for PNG previews (Agg); previews are kept in memory (:attr:`previews`) anyway.
+    sinks : sequence of callables ``(name, doc)``
+        Also receive the analysis documents (on the worker thread).
+    replay : bool
+        Mark analysis runs as replays.
+    preview_interval_s : float
+        Least time between two PNG snapshots of one run.
+    **options
+        Passed to the analysis class (e.g. ``fit_params``, ``registration_mode``,
+        ``partial_every``).
+    """
+
+    def __init__(self, tiled_client=None, *, preview_dir=None, sinks=(), replay: bool = False,
+                 preview_interval_s: float = 2.0, writer=None, **options):
+        self.writer = writer
+        if self.writer is None and tiled_client is not None:
+            from txm_live.store import SafeTiledWriter
+
+            self.writer = SafeTiledWriter(tiled_client)
+        self.sinks = list(sinks)
+        self.preview_dir = preview_dir
+        self.preview_interval_s = preview_interval_s
+        self.replay = replay
+        self.options = options
+        self.analysis_uids: dict[str, list[str]] = {}
+        self.analyses: dict[str, object] = {}     # analysis uid -> analysis object
+        self.previews: dict[str, PngPreview] = {}  # raw uid -> preview
+        self.failures: list[str] = []
+        self.token = None
+        self._queue: queue.Queue = queue.Queue()
+        self._router = event_model.RunRouter([self._factory], handler_registry={})
+        self._thread = threading.Thread(target=self._work, name="txm-live-analysis", daemon=True)
+        self._thread.start()
+
+    # RunEngine thread: copy and return
+    def __call__(self, name, doc):
+        self._queue.put((name, copy.deepcopy(doc)))
+
+    def _work(self):
+        while True:
+            name, doc = self._queue.get()
+            try:
+                if name is None:
+                    return
+                self._router(name, doc)
+            except Exception as exc:  # never lose the worker
+                message = f"live analysis failed on {name!r} document: {exc!r}"
+                self.failures.append(message)
+                logger.exception(message)
+            finally:
+                self._queue.task_done()
+
+    def _factory(self, name, start):
+        cls = ANALYSES.get(start.get("scan_type"))
+        if cls is None:
+            return [], []
+        preview = PngPreview(self.preview_dir, min_interval_s=self.preview_interval_s)
+        self.previews[start["uid"]] = preview
+        analysis = cls(start, self._emit, preview=preview, replay=self.replay, **self.options)
+        self.analyses[analysis.uid] = analysis
+        self.analysis_uids.setdefault(start["uid"], []).append(analysis.uid)
+        return [analysis], []
+
+    def _emit(self, name, doc):
+        if self.writer is not None:
+            self.writer(name, doc)
+        for sink in self.sinks:
+            try:
+                sink(name, doc)
+            except Exception as exc:
+                message = f"sink {sink!r} failed on {name!r}: {exc!r}"
+                self.failures.append(message)
+                logger.error(message)
+
+    def latest(self, raw_uid: str) -> dict:
+        """The newest preview state of a raw run (for polling from a GUI's main thread)."""
+        preview = self.previews.get(raw_uid)
+        return dict(preview.state) if preview is not None else {}
+
+    def wait(self, timeout: float | None = 60.0) -> bool:
+        """Block until queued documents are analysed and written; False on timeout (s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        if self.writer is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self.writer.flush(left)
+        return True
+
+    def close(self, RE=None) -> None:
+        """Unsubscribe (when ``RE`` is given) and stop the worker after the queued documents."""
+        if RE is not None and self.token is not None:
+            RE.unsubscribe(self.token)
+            self.token = None
+        self._queue.put((None, None))
+
+
+def subscribe_live_analysis(RE, tiled_client=None, *, preview_dir=None, **options) -> LiveAnalysis:
+    """Subscribe a :class:`LiveAnalysis` to ``RE``; returns it (``.wait``, ``.analysis_uids``)."""
+    handle = LiveAnalysis(tiled_client, preview_dir=preview_dir, **options)
+    handle.token = RE.subscribe(handle)
+    return handle

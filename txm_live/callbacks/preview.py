@@ -1,0 +1,142 @@
+"""Headless previews: matplotlib (Agg) PNG snapshots written from the analysis worker.
+
+The worker thread never touches a GUI: figures are built with the object-oriented API on
+an Agg canvas (``matplotlib.figure.Figure``, no ``pyplot``), so nothing here needs the
+main thread or Qt. Snapshots are rate-limited (``min_interval_s``) and always written at
+the stop document.
+
+Live figures in IPython (Qt)
+----------------------------
+Qt widgets must be touched on the main thread only. Two ways to watch the analysis in a
+Qt session:
+
+* poll: ``handle.latest(raw_uid)`` returns the newest state (aligned frame, mean spectrum,
+  drift, partial maps); a ``QTimer`` on the main thread (or ``plt.pause`` in a loop) can
+  redraw from it — :func:`watch` does this with pyplot;
+* or subscribe bluesky's ``QtAwareCallback`` subclass to the *analysis* documents
+  (``subscribe_live_analysis(..., sinks=[qt_callback])``): it re-posts each document to
+  the Qt main thread before plotting.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PngPreview", "watch"]
+
+
+def _render(state: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 8), dpi=80)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    ax = axes[0, 0]
+    if state.get("frame") is not None:
+        im = ax.imshow(state["frame"], cmap="gray")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(f"aligned absorbance, {state.get('energy_ev', float('nan')):.1f} eV")
+    ax = axes[0, 1]
+    if len(state.get("spectrum_e", ())):
+        order = np.argsort(state["spectrum_e"])
+        ax.plot(np.asarray(state["spectrum_e"])[order], np.asarray(state["spectrum"])[order], ".-")
+    ax.set_xlabel("energy (eV)")
+    ax.set_ylabel("mean absorbance (sample)")
+    ax.set_title("mean spectrum")
+    ax = axes[1, 0]
+    wl = state.get("whiteline")
+    if wl is not None:
+        finite = wl[np.isfinite(wl)]
+        lims = np.percentile(finite, [2, 98]) if finite.size else (None, None)
+        im = ax.imshow(wl, cmap="viridis", vmin=lims[0], vmax=lims[1])
+        fig.colorbar(im, ax=ax, shrink=0.8, label="eV")
+    ax.set_title("whiteline map" + ("" if state.get("final") else " (partial)" if wl is not None else " (not yet)"))
+    ax = axes[1, 1]
+    drift = np.asarray(state.get("drift", np.zeros((0, 2)))).reshape(-1, 2)
+    if len(drift):
+        ax.plot(drift[:, 0], label="dy")
+        ax.plot(drift[:, 1], label="dx")
+        ax.legend()
+    ax.set_xlabel("frame")
+    ax.set_ylabel("drift (px)")
+    ax.set_title("drift relative to the first frame")
+    fig.suptitle(state.get("title", ""))
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)  # readers never see a half-written PNG
+
+
+class PngPreview:
+    """Write ``<directory>/<raw uid[:8]>_xanes2d.png`` at most every ``min_interval_s``.
+
+    ``update(analysis, final)`` is called by :class:`~txm_live.callbacks.xanes2d.Xanes2DAnalysis`
+    on the worker thread. The state it keeps (:attr:`state`) is what a GUI can poll.
+    """
+
+    def __init__(self, directory=None, *, min_interval_s: float = 2.0):
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.min_interval_s = float(min_interval_s)
+        self._last = -np.inf
+        self.state: dict = {}
+        self.paths: list[Path] = []
+        self._lock = threading.Lock()
+
+    def update(self, analysis, *, final: bool = False) -> None:
+        now = time.monotonic()
+        result = analysis.result if final else analysis.partial_result
+        n = len(analysis.stack)
+        state = {
+            "title": f"run {analysis.raw_start['uid'][:8]}: {n}/{len(analysis.energies)} energies",
+            "frame": analysis.stack[-1] if n else None,
+            "energy_ev": float(analysis.energies[n - 1]) if n else float("nan"),
+            "spectrum_e": analysis.energies[: len(analysis.mean_spectrum)].copy(),
+            "spectrum": list(analysis.mean_spectrum),
+            "drift": -np.asarray(analysis.shifts, dtype=float).reshape(-1, 2),
+            "whiteline": None if result is None else result.whiteline,
+            "final": final,
+        }
+        with self._lock:
+            self.state = state
+        if self.directory is None or (not final and now - self._last < self.min_interval_s):
+            return
+        self._last = now
+        path = self.directory / f"{analysis.raw_start['uid'][:8]}_xanes2d.png"
+        _render(state, path)
+        if path not in self.paths:
+            self.paths.append(path)
+
+
+def watch(preview: PngPreview, *, interval_s: float = 1.0, until=None) -> None:  # pragma: no cover - GUI
+    """Redraw ``preview.state`` with pyplot on the calling (main) thread until ``until()``.
+
+    For an IPython session with a Qt backend: ``watch(handle.preview, until=lambda: done)``
+    in the main thread (or call it between scans); the worker only ever updates the state.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    while until is None or not until():
+        state = dict(preview.state)
+        for ax in axes.flat:
+            ax.clear()
+        if state.get("frame") is not None:
+            axes[0, 0].imshow(state["frame"], cmap="gray")
+        if len(state.get("spectrum_e", ())):
+            axes[0, 1].plot(state["spectrum_e"], state["spectrum"], ".")
+        if state.get("whiteline") is not None:
+            axes[1, 0].imshow(state["whiteline"])
+        drift = np.asarray(state.get("drift", np.zeros((0, 2)))).reshape(-1, 2)
+        if len(drift):
+            axes[1, 1].plot(drift)
+        fig.suptitle(state.get("title", ""))
+        plt.pause(interval_s)
