@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ class EmbeddedTiled:
             directory=self.directory, readable_storage=storage or None, port=port, api_key=api_key
         )
         self.uri = self._server.uri
+        self._closed = False
+        # The server's thread is not a daemon: without this, the interpreter would wait for
+        # it forever at exit (non-daemon threads are joined before atexit handlers run).
+        # threading._register_atexit is how concurrent.futures solves the same problem.
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(self.close)
         uri_file = self.directory / URI_FILE
         uri_file.write_text(self.uri + "\n")
         os.chmod(uri_file, 0o600)
@@ -74,6 +82,9 @@ class EmbeddedTiled:
         return from_uri(self.uri)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._server.close()
         (self.directory / URI_FILE).unlink(missing_ok=True)
 
