@@ -45,6 +45,10 @@ class LiveAnalysis:
         Where analysis runs are written (through a :class:`~txm_live.store.SafeTiledWriter`).
     preview_dir : path, optional
         Folder for PNG previews (Agg); previews are kept in memory (:attr:`previews`) anyway.
+    writer : callable ``(name, doc)`` with ``flush(timeout)``, optional
+        Writer for the analysis documents instead of a new one for ``tiled_client``;
+        pass the raw run's writer to keep one writer per Tiled store (see
+        :func:`subscribe_live_analysis`).
     sinks : sequence of callables ``(name, doc)``
         Also receive the analysis documents (on the worker thread).
     replay : bool
@@ -143,8 +147,14 @@ class LiveAnalysis:
         self._queue.put((None, None))
 
 
-def subscribe_live_analysis(RE, tiled_client=None, *, preview_dir=None, **options) -> LiveAnalysis:
-    """Subscribe a :class:`LiveAnalysis` to ``RE``; returns it (``.wait``, ``.analysis_uids``)."""
-    handle = LiveAnalysis(tiled_client, preview_dir=preview_dir, **options)
+def subscribe_live_analysis(RE, tiled_client=None, *, preview_dir=None, writer=None, **options) -> LiveAnalysis:
+    """Subscribe a :class:`LiveAnalysis` to ``RE``; returns it (``.wait``, ``.analysis_uids``).
+
+    Pass the raw run's :class:`~txm_live.store.SafeTiledWriter` as ``writer`` (the one
+    :func:`~txm_live.store.subscribe_tiled_writer` returned) so raw and analysis documents
+    are written by one thread: two writers appending to the embedded (SQLite) Tiled at
+    once get occasional HTTP 500s, which TiledWriter retries and may duplicate rows.
+    """
+    handle = LiveAnalysis(tiled_client, preview_dir=preview_dir, writer=writer, **options)
     handle.token = RE.subscribe(handle)
     return handle

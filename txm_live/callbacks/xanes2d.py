@@ -82,11 +82,16 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         No partial maps before this many energies are in.
     replay : bool
         Recorded in the analysis start document.
+    frame_wait_s : float
+        How long to wait for an announced frame to appear in its file.
+    page_interval_s : float
+        Drift and spectrum rows are sent as event pages at most this often (s).
     """
 
     def __init__(self, start, emit, *, preview=None, registration_mode: str = "running_mean",
                  fit_params: dict | None = None, partial_every: int = 10,
-                 min_partial_energies: int = 20, replay: bool = False, frame_wait_s: float = 10.0):
+                 min_partial_energies: int = 20, replay: bool = False, frame_wait_s: float = 10.0,
+                 page_interval_s: float = 1.0):
         super().__init__()
         self.raw_start = start
         self._emit = emit
@@ -94,6 +99,7 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         self.fit_params = dict(fit_params or {})
         self.registration_mode = registration_mode
         self.partial_every = int(partial_every)
+        self.page_interval_s = float(page_interval_s)
         self.min_partial_energies = int(min_partial_energies)
         self.errors: list[str] = []
         self.failed = False
@@ -146,7 +152,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         self.uid = self._bundle.start_doc["uid"]
         self._emit("start", self._bundle.start_doc)
         self._descriptors: dict[str, object] = {}
-        self._seq = {}
+        self._buffer: dict[str, list] = {}
+        self._last_page = time.monotonic()
         self._describe("drift", {"frame_index": _scalar_key("integer"), "energy_ev": _scalar_key(),
                                  "shift_y_px": _scalar_key(), "shift_x_px": _scalar_key(),
                                  "drift_y_px": _scalar_key(), "drift_x_px": _scalar_key()})
@@ -159,10 +166,25 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         self._descriptors[name] = bundle
         self._emit("descriptor", bundle.descriptor_doc)
 
-    def _event(self, name, data):
+    def _event(self, name, data, *, buffered: bool = False):
+        """Emit an event; ``buffered`` rows are sent as one event page per stream at most
+        every ``page_interval_s`` (each Tiled write is an HTTP round trip, ~0.1 s)."""
         now = time.time()
         ev = self._descriptors[name].compose_event(data=data, timestamps={k: now for k in data})
-        self._emit("event", ev)
+        if not buffered:
+            self._flush_pages()
+            self._emit("event", ev)
+            return
+        self._buffer.setdefault(name, []).append(ev)
+        if time.monotonic() - self._last_page >= self.page_interval_s:
+            self._flush_pages()
+
+    def _flush_pages(self):
+        self._last_page = time.monotonic()
+        for name in list(self._buffer):
+            events = self._buffer.pop(name)
+            if events:
+                self._emit("event_page", event_model.pack_event_page(*events))
 
     # ---- guarding: analysis errors are recorded, never raised ---------------------
     def _fail(self, where: str, exc: BaseException) -> None:
@@ -279,7 +301,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         energy_index = k // self.fpe
         energy = float(self.energies[energy_index]) if energy_index < len(self.energies) else float("nan")
         self._event("drift", {"frame_index": k, "energy_ev": energy, "shift_y_px": shift[0],
-                              "shift_x_px": shift[1], "drift_y_px": -shift[0], "drift_x_px": -shift[1]})
+                              "shift_x_px": shift[1], "drift_y_px": -shift[0], "drift_x_px": -shift[1]},
+                    buffered=True)
         frames = self._energy_frames.setdefault(energy_index, [])
         frames.append(aligned)
         if len(frames) == self.fpe:
@@ -294,7 +317,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         value = float(np.nanmean(img[self.sample_mask])) if self.sample_mask.any() else float("nan")
         self.mean_spectrum.append(value)
         self._event("spectrum", {"energy_index": energy_index,
-                                 "energy_ev": float(self.energies[energy_index]), "mean_absorbance": value})
+                                 "energy_ev": float(self.energies[energy_index]), "mean_absorbance": value},
+                    buffered=True)
         n = len(self.stack)
         if self.partial_every and n >= self.min_partial_energies and n % self.partial_every == 0:
             self._partial_maps()
@@ -356,11 +380,16 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
                 self.result = self._fit()
                 self._emit_maps(self.result, final=True)
             except Exception as exc:
-                self._fail("final maps", exc)
+                if raw_status == "success":
+                    self._fail("final maps", exc)
+                else:  # an interrupted scan may lack the pre-edge: a partial result, not a failure
+                    self.errors.append(f"final maps unavailable from the partial data: {type(exc).__name__}: {exc}")
+                    logger.warning("run %s: %s", self.raw_start.get("uid"), self.errors[-1])
         if self.preview is not None and not self.failed:
             self._preview(final=True)
         self._reader.close()
         partial = not complete
+        self._flush_pages()
         self._describe("status", {"raw_exit_status": _scalar_key("string"), "raw_reason": _scalar_key("string"),
                                   "partial": _scalar_key("boolean"), "failed": _scalar_key("boolean"),
                                   "errors": _scalar_key("string"), "n_frames": _scalar_key("integer"),

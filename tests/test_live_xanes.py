@@ -1,0 +1,193 @@
+"""Live 2D XANES analysis: real RunEngine, simulated beamline writing HDF5, Tiled over HTTP.
+
+One module-scoped scan (65 energies across the Ni K edge, 128², FXI order high → low) is
+analysed live; its analysis run is checked against the simulator's ground truth, found
+from the raw run in Tiled, and replayed from Tiled to the same maps. Failure injection and
+abort use short scans of their own.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from scipy import ndimage
+from tiled.queries import Key
+
+from simulators.beamline import make_sim_beamline
+from simulators.model import SimConfig
+from simulators.stacks import edge_energies
+from txm_live.callbacks import subscribe_live_analysis
+from txm_live.plans import xanes_2d
+from txm_live.replay import find_analysis_runs, replay
+from txm_live.store import subscribe_tiled_writer
+
+MIN_JUMP = 0.2
+
+
+def _rms(a):
+    return float(np.sqrt(np.mean(np.square(a))))
+
+
+def _scan(RE, bl, energies, **kwargs):
+    kwargs.setdefault("n_darks", 5)
+    return RE(xanes_2d(bl.detector, bl.energy, energies, shutter=bl.shutter, sample_stage=bl.sample_stage,
+                       **kwargs))
+
+
+@pytest.fixture(scope="module")
+def live_scan(tiled_server, tmp_path_factory):
+    """A full edge scan with the live analysis subscribed; raw and analysis runs in Tiled."""
+    RE = RunEngine({}, call_returns_result=False)
+    client = tiled_server.client()
+    writer = subscribe_tiled_writer(RE, client, batch_size=100)
+    previews = tmp_path_factory.mktemp("previews")
+    call_times = []
+    live = subscribe_live_analysis(RE, client, preview_dir=previews, writer=writer)
+    RE.unsubscribe(live.token)
+
+    def timed(name, doc):  # the same callback, timed on the RunEngine's thread
+        t0 = time.perf_counter()
+        live(name, doc)
+        call_times.append(time.perf_counter() - t0)
+
+    RE.subscribe(timed)
+    bl = make_sim_beamline(tiled_server.frames_dir, config=SimConfig(shape=(128, 128), seed=1))
+    (uid,) = _scan(RE, bl, edge_energies())
+    assert live.wait(300) and writer.flush(300)
+    return {"uid": uid, "live": live, "writer": writer, "bl": bl, "client": client, "previews": previews,
+            "call_times": np.array(call_times)}
+
+
+def test_analysis_run_is_found_from_the_raw_run(live_scan):
+    client, uid, live = live_scan["client"], live_scan["uid"], live_scan["live"]
+    assert live.failures == [] and live_scan["writer"].failures == []
+    found = client.search(Key("start.parent_uid") == uid)
+    assert list(found) == live.analysis_uids[uid]
+    run = found[live.analysis_uids[uid][0]]
+    start, stop = run.metadata["start"], run.metadata["stop"]
+    assert start["analysis"] == "xanes2d_live" and start["scan_type"] == "xanes2d"
+    assert start["analysis_parameters"]["registration_mode"] == "running_mean"
+    assert stop["exit_status"] == "success" and "PARTIAL" not in stop["reason"]
+    assert {"drift", "spectrum", "maps", "status"} <= set(run)
+    assert len(run["drift"]["drift_y_px"].read()) == 65
+    assert len(run["spectrum"]["mean_absorbance"].read()) == 65
+    final = run["maps"]["final"].read()
+    assert bool(final[-1]) and not final[:-1].any()  # partial maps while scanning, then the final ones
+    status = run["status"].read()
+    assert status["raw_exit_status"].values[0] == "success" and not status["partial"].values[0]
+    # the PNG preview (Agg, from the worker) was written
+    assert any(p.suffix == ".png" for p in live_scan["previews"].iterdir())
+
+
+def test_whiteline_and_drift_match_the_truth(live_scan):
+    bl, live, client, uid = live_scan["bl"], live_scan["live"], live_scan["client"], live_scan["uid"]
+    run = client[live.analysis_uids[uid][0]]
+    truth_drift = np.array([t.drift_px for t in bl.detector.truth_for("sample")])
+    measured = np.column_stack([run["drift"]["drift_y_px"].read(), run["drift"]["drift_x_px"].read()])
+    err = measured - (truth_drift - truth_drift[0])
+    assert _rms(np.hypot(err[:, 0], err[:, 1])) <= 0.15
+
+    whiteline = run["maps"]["whiteline"].read()[-1]
+    mask = run["maps"]["mask"].read()[-1].astype(bool)
+    jump = run["maps"]["edge_jump"].read()[-1]
+    # the maps are aligned to the first frame; put the truth there too
+    t = bl.model.truth_maps()
+    d0 = truth_drift[0]
+    wl_true = ndimage.shift(np.nan_to_num(t.whiteline_ev), d0, order=1, mode="nearest")
+    inside = ndimage.binary_erosion(ndimage.shift(t.mask.astype(float), d0, order=0) > 0.5, iterations=2)
+    sel = inside & mask & (jump >= MIN_JUMP)
+    assert sel.sum() > 0.5 * inside.sum()
+    assert _rms((whiteline - wl_true)[sel]) <= 0.3
+
+
+def test_replay_from_tiled_gives_identical_maps(live_scan):
+    client, uid, live = live_scan["client"], live_scan["uid"], live_scan["live"]
+    (new_uid,) = replay(uid, client, progress=False, timeout=300)
+    runs = find_analysis_runs(client, uid)
+    assert list(runs) == [live.analysis_uids[uid][0], new_uid]
+    live_run, replayed = runs[live.analysis_uids[uid][0]], runs[new_uid]
+    assert replayed.metadata["start"]["replay"] is True
+    assert replayed.metadata["stop"]["exit_status"] == "success"
+    for field in ("whiteline", "edge", "edge_jump", "mask"):
+        np.testing.assert_array_equal(replayed["maps"][field].read()[-1], live_run["maps"][field].read()[-1])
+    for field in ("drift_y_px", "drift_x_px"):
+        np.testing.assert_array_equal(replayed["drift"][field].read(), live_run["drift"][field].read())
+    np.testing.assert_array_equal(replayed["spectrum"]["mean_absorbance"].read(),
+                                  live_run["spectrum"]["mean_absorbance"].read())
+
+
+def test_the_callback_returns_quickly(live_scan):
+    """Sanity only (speed is the benchmark's job): the RunEngine thread just enqueues."""
+    times = live_scan["call_times"]
+    assert len(times) > 200
+    assert np.median(times) < 0.005
+
+
+def test_injected_analysis_failure_leaves_the_scan_and_raw_run_intact(RE, sim_beamline, tiled_server, monkeypatch):
+    import txm_live.callbacks.xanes2d as xanes2d
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("injected fit failure")
+
+    monkeypatch.setattr(xanes2d, "fit_xanes", broken_fit)
+    client = tiled_server.client()
+    writer = subscribe_tiled_writer(RE, client, batch_size=100)
+    live = subscribe_live_analysis(RE, client, writer=writer, partial_every=2, min_partial_energies=2)
+    energies = [8300.0, 8320.0, 8333.0, 8336.0, 8340.0, 8350.0, 8380.0, 8420.0]
+    (uid,) = _scan(RE, sim_beamline, energies, n_darks=2)
+    assert live.wait(120) and writer.flush(120)
+    raw = client[uid]
+    assert raw.metadata["stop"]["exit_status"] == "success"
+    assert raw["primary"]["txm_det_image"].read().shape == (len(energies), 128, 128)
+    (analysis,) = find_analysis_runs(client, uid).values()
+    stop = analysis.metadata["stop"]
+    assert stop["exit_status"] == "fail"
+    assert "injected fit failure" in stop["reason"]
+    status = analysis["status"].read()
+    assert bool(status["failed"].values[0]) and "injected fit failure" in str(status["errors"].values[0])
+    assert len(analysis["drift"]["drift_y_px"].read()) == len(energies)  # what worked is kept
+
+
+def test_abort_half_way_gives_a_partial_analysis_that_says_so(RE, sim_beamline, tiled_server):
+    from bluesky.utils import RunEngineInterrupted
+
+    client = tiled_server.client()
+    writer = subscribe_tiled_writer(RE, client, batch_size=100)
+    live = subscribe_live_analysis(RE, client, writer=writer)
+    # 25 energies: pre-edge, edge and whiteline, post-edge; the scan stops after ~22 of them
+    energies = np.r_[8273.0, 8293.0, 8313.0, 8323.0, np.arange(8328.0, 8353.0, 1.5), 8363.0, 8383.0, 8413.0, 8453.0]
+    seen = {"n": 0, "primary": None}
+
+    def pause_half_way(name, doc):
+        if name == "descriptor" and doc["name"] == "primary":
+            seen["primary"] = doc["uid"]
+        if name == "event" and doc["descriptor"] == seen["primary"]:
+            seen["n"] += 1
+            if seen["n"] == 22:
+                threading.Thread(target=RE.request_pause, kwargs={"defer": False}).start()
+
+    RE.subscribe(pause_half_way)
+    with pytest.raises(RunEngineInterrupted):
+        _scan(RE, sim_beamline, energies, n_darks=2, scan_order="ascending")
+    RE.abort("aborted half way (test)")
+    assert live.wait(120) and writer.flush(120)
+    uid = next(iter(live.analysis_uids))
+    raw_stop = client[uid].metadata["stop"]
+    assert raw_stop["exit_status"] == "abort"
+    (analysis,) = find_analysis_runs(client, uid).values()
+    stop = analysis.metadata["stop"]
+    assert stop["exit_status"] == "abort"
+    assert "PARTIAL" in stop["reason"] and "raw run abort" in stop["reason"]
+    status = analysis["status"].read()
+    assert bool(status["partial"].values[0]) and status["raw_exit_status"].values[0] == "abort"
+    assert str(status["raw_reason"].values[0]) == raw_stop["reason"]
+    n = int(status["n_frames"].values[0])
+    assert 22 <= n < len(energies)
+    assert len(analysis["drift"]["drift_y_px"].read()) == n
+    # the pre-edge and the edge were measured (ascending): the partial maps exist
+    final = analysis["maps"]["final"].read()
+    assert bool(final[-1]) and int(analysis["maps"]["n_energies"].read()[-1]) == n
+    assert np.isfinite(analysis["maps"]["whiteline"].read()[-1]).any()

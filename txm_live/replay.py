@@ -1,0 +1,118 @@
+"""Replay a stored run through the live analysis: ``txm-live replay UID``.
+
+The run's documents come back from Tiled (``client[uid].documents()``, new style only:
+``stream_resource`` / ``stream_datum``, one ``stream_datum`` per stream covering every
+frame, events before the frames) and go through the very callback the RunEngine feeds
+live (:class:`txm_live.callbacks.LiveAnalysis`), which writes a new analysis run
+(``replay: True``, ``parent_uid`` = the raw run) to the same store. The analysis decides
+everything from frame indices, not arrival order, so the maps equal the live ones.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["replay", "add_replay_arguments", "run_replay", "find_analysis_runs"]
+
+
+def _expected_documents(run) -> int | None:
+    """Rough count of documents for the progress bar (start, stop, events, stream docs)."""
+    try:
+        stop = run.metadata.get("stop") or {}
+        n_events = sum((stop.get("num_events") or {}).values())
+        n_streams = len(stop.get("num_events") or {})
+        return 2 + n_events + 3 * n_streams
+    except Exception:
+        return None
+
+
+def replay(uid: str, client, *, results_client=None, progress: bool = True, timeout: float | None = 600.0,
+           preview_dir=None, sinks=(), **options) -> list[str]:
+    """Feed the stored run ``uid`` through the live analysis; return the new analysis uids.
+
+    Parameters
+    ----------
+    uid : str
+        The raw run (scan id prefixes are not resolved; give the uid).
+    client : tiled client
+        Where the raw run is stored.
+    results_client : tiled client, optional
+        Where the analysis run is written; default ``client``. ``False``: not written.
+    progress : bool
+        tqdm progress bar over the documents (on stderr).
+    timeout : float or None
+        Seconds to wait for the analysis and the writes to finish.
+    preview_dir, sinks, **options
+        As for :class:`txm_live.callbacks.LiveAnalysis`.
+
+    Raises
+    ------
+    KeyError
+        No run ``uid`` in ``client``.
+    TimeoutError
+        The analysis did not finish within ``timeout``.
+    """
+    from tqdm.auto import tqdm
+
+    from txm_live.callbacks import LiveAnalysis
+
+    run = client[uid]
+    target = client if results_client is None else (results_client or None)
+    handle = LiveAnalysis(target, preview_dir=preview_dir, sinks=sinks, replay=True, **options)
+    try:
+        with tqdm(total=_expected_documents(run), unit="doc", desc=f"replay {uid[:8]}",
+                  disable=not progress, file=sys.stderr) as bar:
+            for name, doc in run.documents():
+                handle(name, doc)
+                bar.update(1)
+        if not handle.wait(timeout):
+            raise TimeoutError(f"the analysis of run {uid} did not finish within {timeout} s")
+    finally:
+        handle.close()
+    if handle.failures:
+        logger.error("replay of %s: %s", uid, "; ".join(handle.failures))
+    return list(handle.analysis_uids.get(uid, []))
+
+
+def find_analysis_runs(client, raw_uid: str) -> dict:
+    """Analysis runs of a raw run: ``{analysis uid: run}``, oldest first."""
+    from tiled.queries import Key
+
+    results = client.search(Key("start.parent_uid") == raw_uid)
+    runs = {uid: results[uid] for uid in results}
+    return dict(sorted(runs.items(), key=lambda kv: kv[1].metadata["start"]["time"]))
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("uid", help="uid of the stored raw run")
+    parser.add_argument("--tiled", default="txm-live-data/tiled",
+                        help="Tiled URI, or the folder of an embedded server started by `txm-live serve` "
+                             "(default: txm-live-data/tiled)")
+    parser.add_argument("--previews", default=None, help="folder for PNG previews (default: none)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the analysis")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_replay(args) -> int:
+    """CLI entry: replay ``args.uid``; print the analysis run(s); 0 if every analysis succeeded."""
+    from txm_live.store import connect
+
+    client = connect(args.tiled)
+    try:
+        uids = replay(args.uid, client, progress=not args.no_progress, timeout=args.timeout,
+                      preview_dir=args.previews)
+    except KeyError:
+        print(f"no run {args.uid!r} in {args.tiled}", file=sys.stderr)
+        return 2
+    if not uids:
+        print(f"run {args.uid} has no live analysis for its scan_type", file=sys.stderr)
+        return 1
+    status = 0
+    for uid in uids:
+        stop = client[uid].metadata.get("stop") or {}
+        print(f"analysis run {uid}: {stop.get('exit_status', '?')} — {stop.get('reason', '')}")
+        status |= stop.get("exit_status") != "success"
+    return int(status)
