@@ -82,4 +82,5 @@ def make_sim_beamline(
         name="txm_det", model=model, data_dir=Path(data_dir), energy=energy, zone_plate=zone_plate,
         detector_stage=detector_stage, sample_stage=sample_stage, shutter=shutter, clock=clock,
     )
+    clock.reset()  # the beamline starts aligned and focused at t = 0
     return SimBeamline(model, clock, energy, zone_plate, condenser, detector_stage, sample_stage, shutter, detector)

@@ -50,6 +50,11 @@ class SimClock:
             self._now += seconds
             return self._now
 
+    def reset(self, start_s: float = 0.0) -> None:
+        """Start time again at ``start_s`` with nothing in progress (after initial set-up)."""
+        with self._lock:
+            self._now = self._busy_until = float(start_s)
+
     def wait_time(self, seconds: float) -> float:
         """Real seconds a device should take for an action of ``seconds`` simulated time."""
         return seconds if self.realistic else 0.0
