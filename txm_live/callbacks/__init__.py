@@ -55,13 +55,20 @@ class LiveAnalysis:
         Mark analysis runs as replays.
     preview_interval_s : float
         Least time between two PNG snapshots of one run.
+    worker_threads : int, optional
+        Numba threads for the analysis calls made by the worker (``numba.set_num_threads``
+        is per calling thread); default numba's. Needs a thread-safe numba threading layer
+        (omp or tbb; ``workqueue`` aborts on concurrent launches from the detector simulator).
+    worker_nice : int
+        Niceness added to the worker thread (Linux), so the RunEngine thread wins the CPU.
     **options
         Passed to the analysis class (e.g. ``fit_params``, ``registration_mode``,
         ``partial_every``).
     """
 
     def __init__(self, tiled_client=None, *, preview_dir=None, sinks=(), replay: bool = False,
-                 preview_interval_s: float = 2.0, writer=None, **options):
+                 preview_interval_s: float = 2.0, writer=None, worker_threads: int | None = None,
+                 worker_nice: int = 5, **options):
         self.writer = writer
         if self.writer is None and tiled_client is not None:
             from txm_live.store import SafeTiledWriter
@@ -72,6 +79,8 @@ class LiveAnalysis:
         self.preview_interval_s = preview_interval_s
         self.replay = replay
         self.options = options
+        self.worker_threads = worker_threads
+        self.worker_nice = int(worker_nice)
         self.analysis_uids: dict[str, list[str]] = {}
         self.analyses: dict[str, object] = {}     # analysis uid -> analysis object
         self.previews: dict[str, PngPreview] = {}  # raw uid -> preview
@@ -86,7 +95,23 @@ class LiveAnalysis:
     def __call__(self, name, doc):
         self._queue.put((name, copy.deepcopy(doc)))
 
+    def _init_worker(self):
+        # Lower this thread's priority (Linux: per-thread nice) so the RunEngine and the
+        # detector get the CPU first, and bound the numba threads this thread launches.
+        import os
+
+        if self.worker_nice and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.worker_nice)
+            except OSError as exc:
+                logger.debug("could not lower the analysis worker's priority: %r", exc)
+        if self.worker_threads is not None:
+            import numba
+
+            numba.set_num_threads(int(self.worker_threads))
+
     def _work(self):
+        self._init_worker()
         while True:
             name, doc = self._queue.get()
             try:

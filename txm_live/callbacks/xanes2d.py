@@ -32,7 +32,7 @@ import warnings
 import event_model
 import numpy as np
 
-from txm_live.analysis import StackAligner, apply_shifts, fit_xanes, flat_dark_correct
+from txm_live.analysis import StackAligner, apply_shifts, fit_xanes, flat_dark_correct, remove_zingers
 
 from ._frames import FrameReader
 
@@ -86,12 +86,15 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         How long to wait for an announced frame to appear in its file.
     page_interval_s : float
         Drift and spectrum rows are sent as event pages at most this often (s).
+    zinger_sigma : float or None
+        Zinger/hot-pixel threshold of :func:`remove_zingers` (flats and darks cleaned once,
+        each frame as it comes); None: off.
     """
 
     def __init__(self, start, emit, *, preview=None, registration_mode: str = "running_mean",
                  fit_params: dict | None = None, partial_every: int = 10,
                  min_partial_energies: int = 20, replay: bool = False, frame_wait_s: float = 10.0,
-                 page_interval_s: float = 1.0):
+                 page_interval_s: float = 1.0, zinger_sigma: float | None = 10.0):
         super().__init__()
         self.raw_start = start
         self._emit = emit
@@ -100,6 +103,7 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         self.registration_mode = registration_mode
         self.partial_every = int(partial_every)
         self.page_interval_s = float(page_interval_s)
+        self.zinger_sigma = zinger_sigma
         self.min_partial_energies = int(min_partial_energies)
         self.errors: list[str] = []
         self.failed = False
@@ -123,7 +127,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         self._next = 0                               # next sample frame index to process
         self.shifts: list[tuple[float, float]] = []
         self._energy_frames: dict[int, list[np.ndarray]] = {}
-        self.stack: list[np.ndarray] = []            # aligned absorbance, one per energy index
+        self._stack = None                           # (n_energies, ny, nx) float32, filled in order
+        self._n_stack = 0
         self.sample_mask = None
         self.mean_spectrum: list[float] = []
         self.partial_result = None
@@ -131,6 +136,7 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
 
         self.parameters = {
             "registration_mode": registration_mode,
+            "zinger_sigma": zinger_sigma,
             "fit_xanes": self.fit_params,
             "flat_dark": {"dark": "median of all darks",
                           "flat": "median of the flats at the nearest flat energy"},
@@ -257,6 +263,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
             if self._darks:
                 stack = np.stack([self._darks[i] for i in sorted(self._darks)]).astype(np.float32)
                 self._dark = np.median(stack, axis=0) if len(stack) > 1 else stack[0]
+                if len(stack) < 3 and self.zinger_sigma is not None:  # as flat_dark_correct does
+                    self._dark, _ = remove_zingers(self._dark, None, sigma=self.zinger_sigma)
             else:
                 shape = next(iter(self._pending.values())).shape
                 self._dark = np.zeros(shape, np.float32)
@@ -275,7 +283,10 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
             flats = self._flats_at(pos)
         if pos not in self._flat_cache:
             stack = np.stack(flats).astype(np.float32)
-            self._flat_cache[pos] = np.median(stack, axis=0) if len(stack) > 1 else stack[0]
+            flat = np.median(stack, axis=0) if len(stack) > 1 else stack[0]
+            if self.zinger_sigma is not None:
+                flat, _ = remove_zingers(flat, self._dark, sigma=self.zinger_sigma)
+            self._flat_cache[pos] = flat
         return self._flat_cache[pos]
 
     def _advance(self, final: bool):
@@ -294,7 +305,10 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
     def _process(self, k, raw, flat, dark):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # dead pixels -> NaN, expected
-            absorb = flat_dark_correct(raw, flat, dark)
+            # flat and dark were cleaned once (cached): only the frame's zingers here
+            if self.zinger_sigma is not None:
+                raw, _ = remove_zingers(raw, dark, sigma=self.zinger_sigma)
+            absorb = flat_dark_correct(raw, flat, dark, zinger_sigma=None)
         shift = self._aligner.add(absorb)
         aligned = apply_shifts(absorb[None], [shift])[0]
         self.shifts.append(shift)
@@ -311,7 +325,10 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
     def _energy_done(self, energy_index):
         frames = self._energy_frames.pop(energy_index)
         img = frames[0] if len(frames) == 1 else np.mean(frames, axis=0, dtype=np.float32)
-        self.stack.append(img.astype(np.float32, copy=False))
+        if self._stack is None:
+            self._stack = np.empty((max(len(self.energies), 1),) + img.shape, np.float32)
+        self._stack[self._n_stack] = img
+        self._n_stack += 1
         if self.sample_mask is None:
             self.sample_mask = self._make_mask(img)
         value = float(np.nanmean(img[self.sample_mask])) if self.sample_mask.any() else float("nan")
@@ -338,7 +355,14 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         n = len(self.stack)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fit_xanes(np.stack(self.stack), self.energies[:n], **self.fit_params)
+            return fit_xanes(self.stack, self.energies[:n], **self.fit_params)
+
+    @property
+    def stack(self) -> np.ndarray:
+        """Aligned absorbance so far, one frame per energy in scan order: (n, ny, nx) float32."""
+        if self._stack is None:
+            return np.empty((0, 0, 0), np.float32)
+        return self._stack[: self._n_stack]
 
     def _partial_maps(self):
         try:
