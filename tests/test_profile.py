@@ -1,6 +1,7 @@
 """The IPython profile loads as a beamline would load it, and runs a scan into Tiled."""
 from __future__ import annotations
 
+import os
 import runpy
 import subprocess
 import sys
@@ -27,9 +28,10 @@ def test_profile_runs_a_scan_into_its_tiled_store(tmp_path):
         print(run.metadata["start"]["scan_type"], run.metadata["start"]["proposal"],
               run["primary"]["txm_det_image"].read().shape[1:])
     """)
-    env = {"TXM_LIVE_DATA": str(tmp_path), "TXM_LIVE_SIM_SIZE": "64", "MPLBACKEND": "Agg",
-           "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    env = {**os.environ, "TXM_LIVE_DATA": str(tmp_path), "TXM_LIVE_SIM_SIZE": "64", "MPLBACKEND": "Agg"}
+    env.pop("TXM_LIVE_TILED_URI", None)
+    env.pop("TXM_LIVE_DEVICES", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=540, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "xanes2d pass-000001 (64, 64)"
     # metadata persisted for the next session
