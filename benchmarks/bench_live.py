@@ -32,16 +32,19 @@ import numpy as np
 
 
 def _energies(n):
+    """n energies (n ≥ 18): the standard sparse pre-/post-edge points, the rest dense across
+    the edge and whiteline (edge − 5 … edge + 20 eV)."""
     from simulators.stacks import edge_energies
 
     e = edge_energies()
-    if n >= len(e):
-        extra = 8333.0 + np.linspace(130.0, 200.0, n - len(e))
-        return np.concatenate([e, extra])
-    return e[np.round(np.linspace(0, len(e) - 1, n)).astype(int)]
+    sparse = e[(e < 8328.0) | (e > 8353.0)]
+    if n < len(sparse) + 4:
+        raise ValueError(f"need at least {len(sparse) + 4} energies, got {n}")
+    dense = np.linspace(8328.0, 8353.0, n - len(sparse))
+    return np.sort(np.concatenate([sparse, dense]))
 
 
-def _scan(root, size, n_energies, *, live: bool, timing: str, tiled=None, seed=1):
+def _scan(root, size, n_energies, *, live: bool, timing: str, tiled=None, seed=1, options=None):
     from bluesky import RunEngine
 
     from simulators.beamline import make_sim_beamline
@@ -51,8 +54,8 @@ def _scan(root, size, n_energies, *, live: bool, timing: str, tiled=None, seed=1
     from txm_live.store import subscribe_tiled_writer
 
     frames = Path(root) / "frames"
-    bl = make_sim_beamline(frames, config=SimConfig(shape=(size, size), seed=seed),
-                           realistic_timing=(timing == "realistic"))
+    bl = make_sim_beamline(frames, config=SimConfig(shape=(size, size), seed=seed))
+    bl.clock.realistic = timing == "realistic"  # after building: focusing at start would sleep too
     RE = RunEngine({}, call_returns_result=False)
     stamps = {}
     RE.subscribe(lambda name, doc: stamps.setdefault("stop", time.perf_counter()), "stop")
@@ -64,7 +67,8 @@ def _scan(root, size, n_energies, *, live: bool, timing: str, tiled=None, seed=1
             if name == "event" and doc["data"].get("final") is True:
                 stamps["maps"] = time.perf_counter()
 
-        handle = subscribe_live_analysis(RE, tiled.client() if tiled else None, writer=writer, sinks=[sink])
+        handle = subscribe_live_analysis(RE, tiled.client() if tiled else None, writer=writer, sinks=[sink],
+                                         **(options or {}))
         RE.unsubscribe(handle.token)
 
         def timed(name, doc):
@@ -102,13 +106,16 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=1, help="overhead pairs (without/with), median reported")
     p.add_argument("--timing", choices=("fast", "realistic"), default="fast")
     p.add_argument("--tiled", action="store_true", help="write raw and analysis runs to an embedded Tiled")
+    p.add_argument("--worker-threads", type=int, default=None, help="numba threads of the analysis worker")
+    p.add_argument("--registration-mode", default="running_mean", help="StackAligner mode")
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
     args = p.parse_args(argv)
 
     import os
 
-    print(f"bench_live: {os.cpu_count()} CPUs, timing={args.timing}, tiled={args.tiled}")
+    opts = {"worker_threads": args.worker_threads, "registration_mode": args.registration_mode}
+    print(f"bench_live: {os.cpu_count()} CPUs, timing={args.timing}, tiled={args.tiled}, {opts}")
     with tempfile.TemporaryDirectory() as tmp:
         tiled = None
         if args.tiled:
@@ -124,7 +131,8 @@ def main(argv=None):
                 for _ in range(args.repeat):
                     without.append(_scan(tmp, args.size, args.energies, live=False, timing=args.timing,
                                          tiled=tiled)["scan_s"])
-                    r = _scan(tmp, args.size, args.energies, live=True, timing=args.timing, tiled=tiled)
+                    r = _scan(tmp, args.size, args.energies, live=True, timing=args.timing, tiled=tiled,
+                          options=opts)
                     with_.append(r["scan_s"])
                     calls = r["call_s"]
                 a, b = statistics.median(without), statistics.median(with_)
@@ -136,7 +144,7 @@ def main(argv=None):
                       f"after the stop document")
             if not args.skip_latency:
                 r = _scan(tmp, args.latency_size, args.latency_energies, live=True, timing=args.timing,
-                          tiled=tiled)
+                          tiled=tiled, options=opts)
                 print(f"latency: {args.latency_energies} energies, {args.latency_size}²: scan {r['scan_s']:.1f} s; "
                       f"final maps {r['maps_latency_s']:.2f} s after the stop document, everything "
                       f"(incl. writes) done after {r['done_latency_s']:.2f} s (target ≤ 1 s)")

@@ -76,6 +76,10 @@ def test_analysis_run_is_found_from_the_raw_run(live_scan):
     assert len(run["spectrum"]["mean_absorbance"].read()) == 65
     final = run["maps"]["final"].read()
     assert bool(final[-1]) and not final[:-1].any()  # partial maps while scanning, then the final ones
+    # a preview whiteline map once the peak was passed, long before the pre-edge (high -> low)
+    n_energies = run["maps"]["n_energies"].read()
+    assert len(final) >= 2 and n_energies[0] <= 50
+    assert np.isfinite(run["maps"]["whiteline"].read()[0]).sum() > 1000
     status = run["status"].read()
     assert status["raw_exit_status"].values[0] == "success" and not status["partial"].values[0]
     # the PNG preview (Agg, from the worker) was written

@@ -165,6 +165,9 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
                                  "drift_y_px": _scalar_key(), "drift_x_px": _scalar_key()})
         self._describe("spectrum", {"energy_index": _scalar_key("integer"), "energy_ev": _scalar_key(),
                                     "mean_absorbance": _scalar_key()})
+        if self.energies.size == 0 or not np.all(np.isfinite(self.energies)):
+            self._fail("start document", ValueError(
+                f"the raw run's start document needs finite 'energies_ev' in scan order; got {start.get('energies_ev')!r}"))
 
     # ---- emitting -------------------------------------------------------------------
     def _describe(self, name, data_keys):
@@ -365,12 +368,71 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         return self._stack[: self._n_stack]
 
     def _partial_maps(self):
-        try:
-            self.partial_result = self._fit()
-        except Exception as exc:  # too few energies past the edge yet, or a real problem
-            logger.debug("partial XANES maps not available yet (%d energies): %r", len(self.stack), exc)
+        """Partial maps for watching: the full fit once pre-edge, peak and post-edge are all
+        measured, a quick whiteline (:meth:`_peak_map`) once only the peak has been passed."""
+        peak = self._passed_peak()
+        if peak is None:
             return
-        self._emit_maps(self.partial_result, final=False)
+        e = self.energies[: len(self.stack)]
+        self.partial_result = None
+        if np.count_nonzero(e < peak - 20.0) >= 2 and np.count_nonzero(e > peak + 10.0) >= 2:
+            try:
+                self.partial_result = self._fit()
+            except Exception as exc:  # e.g. too few points in a normalization range yet
+                logger.debug("partial XANES fit not available yet (%d energies): %r", len(self.stack), exc)
+        if self.partial_result is None:
+            self.partial_result = self._peak_map(peak)
+        if self.partial_result is not None:
+            self._emit_maps(self.partial_result, final=False)
+
+    def _passed_peak(self):
+        """Energy of the mean spectrum's maximum once it has been passed (two or more
+        measured energies below it, the absorbance there down to 90 % of the peak, and one
+        above it); else None."""
+        e = self.energies[: len(self.stack)]
+        spectrum = np.asarray(self.mean_spectrum, dtype=float)
+        if not np.isfinite(spectrum).any():
+            return None
+        order = np.argsort(e)
+        es, sp = e[order], spectrum[order]
+        ipk = int(np.nanargmax(sp))
+        if ipk < 2 or ipk == len(es) - 1 or not np.nanmin(sp[:ipk]) <= 0.9 * sp[ipk]:
+            return None
+        return float(es[ipk])
+
+    def _peak_map(self, peak_ev: float, halfwidth_ev: float = 3.0):
+        """Preview whiteline before a full fit is possible: per pixel, the vertex of a
+        parabola through the absorbance maximum and its neighbours in energy, searched
+        within ``3 * halfwidth_ev`` of the mean spectrum's peak ``peak_ev``. Edge and edge
+        jump are NaN: they need the pre-edge."""
+        from types import SimpleNamespace
+
+        e = self.energies[: len(self.stack)]
+        order = np.argsort(e)
+        es = e[order]
+        window = np.flatnonzero(np.abs(es - peak_ev) <= 3 * halfwidth_ev)
+        if window.size < 3:
+            return None
+        sub = self.stack[order[window]]                    # (w, ny, nx)
+        filled = np.where(np.isfinite(sub), sub, -np.inf)
+        j = np.clip(np.argmax(filled, axis=0), 1, window.size - 2)
+        ew = es[window]
+        y0 = np.take_along_axis(sub, (j - 1)[None], 0)[0]
+        y1 = np.take_along_axis(sub, j[None], 0)[0]
+        y2 = np.take_along_axis(sub, (j + 1)[None], 0)[0]
+        x0, x1, x2 = ew[j - 1], ew[j], ew[j + 1]
+        # vertex of the parabola through three (possibly uneven) points
+        d1, d2 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+        curv = (d2 - d1) / (x2 - x0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vertex = 0.5 * (x0 + x1) - d1 / (2 * curv)
+            vertex = np.where(curv < 0, vertex, x1)
+        vertex = np.clip(vertex, x0, x2)
+        mask = self.sample_mask & np.isfinite(vertex) & np.isfinite(y1)
+        whiteline = np.where(mask, vertex, np.nan).astype(np.float32)
+        nan = np.full(whiteline.shape, np.nan, np.float32)
+        return SimpleNamespace(whiteline=whiteline, edge=nan, edge_jump=nan, mask=mask,
+                               params={"e0": float("nan"), "method": "parabola at the absorbance maximum"})
 
     def _emit_maps(self, r, final):
         if "maps" not in self._descriptors:
