@@ -64,7 +64,7 @@ def make_sim_beamline(
         Sleep for move, settle and exposure times, so a demo scan takes beamline time.
     """
     model = model if model is not None else SimTXM(config or SimConfig())
-    clock = SimClock(realistic=realistic_timing)
+    clock = SimClock(realistic=False)  # setting up is instant; realism starts after
     optics = model.config.optics
     zone_plate = SimZonePlate(name="zp", clock=clock)
     detector_stage = SimDetectorStage(name="det_stage", clock=clock)
@@ -83,4 +83,5 @@ def make_sim_beamline(
         detector_stage=detector_stage, sample_stage=sample_stage, shutter=shutter, clock=clock,
     )
     clock.reset()  # the beamline starts aligned and focused at t = 0
+    clock.realistic = realistic_timing
     return SimBeamline(model, clock, energy, zone_plate, condenser, detector_stage, sample_stage, shutter, detector)

@@ -80,7 +80,9 @@ def run_demo(args) -> int:
         except ImportError:
             subscribe_live_analysis = None
         if subscribe_live_analysis is not None:
-            live = subscribe_live_analysis(RE, server.client(), preview_dir=previews)
+            # One writer for raw and analysis documents: two writers appending to the
+            # embedded SQLite catalog at once collide.
+            live = subscribe_live_analysis(RE, server.client(), preview_dir=previews, writer=writer)
             print("  live analysis subscribed (previews update in previews/)")
 
         config = SimConfig(shape=(args.size, args.size), seed=args.seed)
@@ -108,6 +110,8 @@ def run_demo(args) -> int:
                   file=sys.stderr)
         if live is not None:
             live.wait(600)
+            for analysis_uid in live.analysis_uids.get(uid, []):
+                print(f"  live analysis run {analysis_uid[:8]} in Tiled (start.parent_uid = {uid[:8]})")
 
         # Read the run back over HTTP, export it in FXI's layout, analyse it as a user would.
         run = server.client()[uid]

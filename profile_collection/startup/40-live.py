@@ -4,4 +4,7 @@ try:
 except ImportError:
     live_analysis = None
 else:
-    live_analysis = subscribe_live_analysis(RE, tiled_client, preview_dir=DATA_DIR / "previews")  # noqa: F821
+    # Analysis documents share the raw run's writer (one writer per catalog).
+    live_analysis = subscribe_live_analysis(
+        RE, tiled_client, preview_dir=DATA_DIR / "previews", writer=tiled_writer  # noqa: F821
+    )
