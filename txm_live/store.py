@@ -117,9 +117,10 @@ class SafeTiledWriter:
     Each write to Tiled is an HTTP round trip (~0.1 s per document measured here), far too
     slow for the RunEngine's thread. Documents are queued and written in order by a worker
     thread, each event as it comes (``batch_size=1``) so other processes see the run
-    grow. If Tiled fails (the server went away, a disk filled), the error is logged and
-    kept in :attr:`failures`, the documents go to ``backup_directory`` as JSON lines
-    (TiledWriter's backup), and the scan and its raw files carry on untouched.
+    grow. If Tiled fails (the server went away, a disk filled), TiledWriter logs the error
+    and routes the rest of the run to ``backup_directory`` as JSON lines (its backup
+    callback); anything it raises all the same is logged and kept in :attr:`failures`.
+    Either way the scan and its raw files carry on untouched (``tests/test_store.py``).
     """
 
     def __init__(self, client, *, backup_directory=None, batch_size: int = 1):
