@@ -40,3 +40,14 @@ def test_connect_explains_a_missing_server(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no Tiled server is running"):
         connect(tmp_path)
+
+
+def test_two_embedded_servers_in_one_process_both_answer(tmp_path, tiled_server):
+    """Tiled's settings are process-wide; a second server must not lock out the first."""
+    second = EmbeddedTiled(tmp_path / "second")
+    try:
+        assert len(second.client()) == 0  # the new, empty catalog answers
+        tiled_server.client()  # and the session's server still accepts its key
+    finally:
+        second.close()
+    tiled_server.client()

@@ -18,6 +18,18 @@ logger = logging.getLogger(__name__)
 
 URI_FILE = "tiled-uri.txt"
 
+_process_api_key: str | None = None
+
+
+def _default_api_key() -> str:
+    """One random key for every embedded server of this process (see EmbeddedTiled Notes)."""
+    global _process_api_key
+    if _process_api_key is None:
+        import secrets
+
+        _process_api_key = secrets.token_hex(16)
+    return _process_api_key
+
 
 def register_bluesky_exporters() -> None:
     """Teach Tiled to export a BlueskyRun as a document stream (``run.documents()``).
@@ -42,10 +54,15 @@ class EmbeddedTiled:
     port : int
         0 picks a free port.
     api_key : str, optional
-        Single-user key; a random one when omitted. It is part of :attr:`uri`.
+        Single-user key; when omitted, one random key shared by all embedded servers of
+        this process. It is part of :attr:`uri`.
 
     Notes
     -----
+    Tiled keeps its server settings process-wide: the last server started sets the key
+    every server of the process accepts (measured: a first server answers 401 once a
+    second one with another key has started). Hence one key per process by default.
+
     The URI (with its key) is also written to ``directory/tiled-uri.txt`` with owner-only
     permissions, so other processes on this machine can connect
     (:func:`connect` reads it).
@@ -61,7 +78,8 @@ class EmbeddedTiled:
         for p in storage:
             p.mkdir(parents=True, exist_ok=True)
         self._server = SimpleTiledServer(
-            directory=self.directory, readable_storage=storage or None, port=port, api_key=api_key
+            directory=self.directory, readable_storage=storage or None, port=port,
+            api_key=api_key or _default_api_key(),
         )
         self.uri = self._server.uri
         self._closed = False
