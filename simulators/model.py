@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numba
 import numpy as np
@@ -296,15 +296,15 @@ class SimTXM:
         self.spectra = NiXanesModel() if spectra is None else spectra
         seeds = np.random.SeedSequence(cfg.seed).spawn(3)
         self._wobble_phase = np.random.default_rng(seeds[2]).uniform(0, 2 * np.pi, 2)
+        # Every detector setting SimConfig carries goes to the DetectorModel by name, so a
+        # setting added to both flows through without a second list to keep in step.
+        detector_settings = {
+            f.name: getattr(cfg, f.name)
+            for f in fields(DetectorModel)
+            if f.name not in ("shape", "seed") and hasattr(cfg, f.name)
+        }
         self.detector = DetectorModel(
-            shape=self.shape, flat_counts=cfg.flat_counts,
-            reference_exposure_s=cfg.reference_exposure_s, dark_counts=cfg.dark_counts,
-            read_noise_counts=cfg.read_noise_counts, saturation_counts=cfg.saturation_counts,
-            gain_variation=cfg.gain_variation, flat_variation=cfg.flat_variation,
-            flat_time_variation=cfg.flat_time_variation, flat_period_s=cfg.flat_period_s,
-            hot_pixel_fraction=cfg.hot_pixel_fraction, dead_pixel_fraction=cfg.dead_pixel_fraction,
-            zingers_per_megapixel=cfg.zingers_per_megapixel,
-            seed=int(seeds[0].generate_state(1)[0]),
+            shape=self.shape, seed=int(seeds[0].generate_state(1)[0]), **detector_settings
         )
         self.drift = DriftModel(
             rate_per_s=tuple(cfg.drift_rate_nm_per_s),
