@@ -157,10 +157,14 @@ class SimTXMDetector(Device):
         self.shutter = shutter
         self.clock = clock
         self._file: HDF5FrameFile | None = None
+        self._rewrite: set[str] = set()  # frame types whose last row a re-take overwrites
         self.pixel_size_nm.put(float(model.pixel_size_nm))
         self.magnification.put(float(model.config.optics.magnification))
-        #: Ground truth of every frame written, in order: dicts with frame_type, index, truth.
+        #: Ground truth of every row written, in order: dicts with frame_type, index, truth
+        #: (a row overwritten by a re-take holds the re-take's truth).
         self.truth_log: list[dict] = []
+        #: Rows overwritten by frames re-taken after a pause or suspension.
+        self.n_rewritten = 0
 
     @property
     def image_key(self) -> str:
@@ -177,7 +181,20 @@ class SimTXMDetector(Device):
     def stage(self):
         self._file = HDF5FrameFile(self.data_dir, self.image_key, self.frame_shape)
         self.truth_log = []
+        self.n_rewritten = 0
+        self._rewrite = set()
         return super().stage()
+
+    def pause(self):
+        """The RunEngine is pausing or suspending: note frames whose event was dropped.
+
+        The RunEngine will re-take them from the last checkpoint; each re-take overwrites
+        its dropped first take, so the file holds one row per emitted event (Tiled
+        reads rows ``0 … n-1`` of the dataset as the stream's frames).
+        """
+        super().pause()
+        if self._file is not None:
+            self._rewrite = {t for t in FRAME_TYPES if self._file.last_dropped(t)}
 
     def unstage(self):
         try:
@@ -218,8 +235,7 @@ class SimTXMDetector(Device):
             time_s=start_s,
         )
         self.clock.advance(exposure_s + self.readout_s)
-        index = self._file.append(frame_type, frame.image)
-        self.truth_log.append({"frame_type": frame_type, "index": index, "truth": frame.truth})
+        self._record(frame_type, frame)
         self.mean_counts.put(float(frame.image.mean()))
 
         status = DeviceStatus(self)
@@ -230,10 +246,22 @@ class SimTXMDetector(Device):
             status.set_finished()
         return status
 
+    def _record(self, frame_type, frame) -> None:
+        rewrite = frame_type in self._rewrite
+        self._rewrite.discard(frame_type)
+        index = self._file.append(frame_type, frame.image, replace_last=rewrite)
+        entry = {"frame_type": frame_type, "index": index, "truth": frame.truth}
+        if rewrite:
+            self.n_rewritten += 1
+            self.truth_log = [e for e in self.truth_log if (e["frame_type"], e["index"]) != (frame_type, index)]
+        self.truth_log.append(entry)
+
     def collect_asset_docs(self):
         if self._file is not None:
             yield from self._file.collect_asset_docs()
 
     def truth_for(self, frame_type: str) -> list:
-        """Ground truth (``FrameTruth``) of this run's frames of one type, in file order."""
-        return [rec["truth"] for rec in self.truth_log if rec["frame_type"] == frame_type]
+        """Ground truth (``FrameTruth``) of this run's frames of one type, in file (row) order."""
+        rows = sorted(((rec["index"], rec["truth"]) for rec in self.truth_log if rec["frame_type"] == frame_type),
+                      key=lambda row: row[0])
+        return [truth for _, truth in rows]

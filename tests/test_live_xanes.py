@@ -131,12 +131,14 @@ def test_the_callback_returns_quickly(live_scan):
 
 
 def test_injected_analysis_failure_leaves_the_scan_and_raw_run_intact(RE, sim_beamline, tiled_server, monkeypatch):
-    import txm_live.callbacks.xanes2d as xanes2d
+    import txm_live.analysis._partial as partial
+    import txm_live.analysis._pipeline as pipeline
 
     def broken_fit(*args, **kwargs):
         raise RuntimeError("injected fit failure")
 
-    monkeypatch.setattr(xanes2d, "fit_xanes", broken_fit)
+    monkeypatch.setattr(pipeline, "fit_xanes", broken_fit)  # final maps
+    monkeypatch.setattr(partial, "fit_xanes", broken_fit)   # partial maps
     client = tiled_server.client()
     writer = subscribe_tiled_writer(RE, client, batch_size=100)
     live = subscribe_live_analysis(RE, client, writer=writer, partial_every=2, min_partial_energies=2)

@@ -1,8 +1,9 @@
 """Batch analysis of FXI-style 2D XANES files (``txm-live analyze FILE.h5``).
 
-Reads the file, corrects flats/darks, aligns the frames, fits every pixel and
-writes the maps as HDF5 and PNG. The CLI only dispatches to
-:func:`add_analyze_arguments` and :func:`run_analyze`.
+Reads the file, puts its frames through the same staged pipeline as the live analysis
+(:class:`txm_live.analysis.Xanes2DPipeline`: flat/dark, alignment, fit) and writes the
+maps as HDF5 and PNG. The CLI only dispatches to :func:`add_analyze_arguments` and
+:func:`run_analyze`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from .analysis import NO_ENERGY_INDEX, FrameLabel, Xanes2DPipeline, XanesScanLayout
+from .io.fxi import read_fxi_xanes, write_maps_h5
 
 __all__ = ["analyze_fxi_file", "add_analyze_arguments", "run_analyze"]
 
@@ -35,6 +39,74 @@ def _png(path: Path, image: np.ndarray, title: str, label: str) -> Path:
     return path
 
 
+def _layout(data) -> XanesScanLayout:
+    """The scan layout of an FXI file: one energy per frame, flats per energy or one set."""
+    n = data.frames.shape[0]
+    n_darks = 0 if data.darks is None else (data.darks.shape[0] if data.darks.ndim == 3 else 1)
+    if data.flats is None:
+        return XanesScanLayout(data.energies_ev, n_darks=n_darks)
+    m = data.flats.shape[0] if data.flats.ndim == 3 else 1
+    if m == n:
+        return XanesScanLayout(data.energies_ev, n_darks=n_darks)
+    return XanesScanLayout(data.energies_ev, n_darks=n_darks, flats_per_energy=m, flat_energy_indices=(0,))
+
+
+def _is_transmission(data) -> bool:
+    """True when ``img_xanes`` holds normalized transmission rather than raw counts."""
+    if data.flats is not None:
+        return False
+    if not np.issubdtype(data.frames.dtype, np.floating):
+        raise ValueError(f"{data.path} has raw integer frames ({data.frames.dtype}) but no img_bkg flats")
+    return True
+
+
+def _feed(pipeline: Xanes2DPipeline, data, bar) -> None:
+    """Every frame of the file into the pipeline, labelled by its place in the file."""
+    if _is_transmission(data):
+        warnings.warn(f"{data.path.name} has no img_bkg: img_xanes is taken as transmission I/I0",
+                      UserWarning, stacklevel=3)
+        for i, frame in enumerate(data.frames):
+            pipeline.add_transmission(FrameLabel("sample", i, 0), frame, source=("img_xanes", i))
+            bar.update(1)
+        return
+    darks = [] if data.darks is None else (data.darks if data.darks.ndim == 3 else data.darks[None])
+    for r, dark in enumerate(darks):
+        pipeline.add_frame(FrameLabel("dark", NO_ENERGY_INDEX, r), dark, source=("img_dark", r))
+    flats = data.flats if data.flats.ndim == 3 else data.flats[None]
+    layout = pipeline.layout
+    for i, frame in enumerate(data.frames):
+        pipeline.add_frame(FrameLabel("sample", i, 0), frame, source=("img_xanes", i))
+        if i in layout.flat_energy_indices:
+            for r in range(layout.flats_per_energy):
+                k = i if layout.flats_per_energy == 1 else r
+                pipeline.add_frame(FrameLabel("flat", i, r), flats[k], source=("img_bkg", k))
+        bar.update(1)
+
+
+def _write_outputs(path: Path, out_dir: Path, data, pipeline: Xanes2DPipeline, align: str) -> dict[str, Path]:
+    res = pipeline.result
+    stem = path.stem
+    outputs: dict[str, Path] = {}
+    outputs["maps"] = write_maps_h5(
+        out_dir / f"{stem}_maps.h5",
+        {
+            "whiteline": res.whiteline, "edge": res.edge, "edge_jump": res.edge_jump,
+            "pre_edge": res.pre_edge, "whiteline_height": res.whiteline_height,
+            "noise": res.noise, "status": res.status, "mask": res.mask,
+            "shifts": np.asarray(pipeline.shifts, dtype=float).reshape(-1, 2), "energies_ev": res.energies,
+        },
+        attrs={"source": str(path), "align": align, "fit_params": dict(res.params),
+               "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification},
+    )
+    labels = {"whiteline": "eV", "edge": "eV", "edge_jump": "absorbance"}
+    for name in _PNG_MAPS:
+        img = np.asarray(getattr(res, name), dtype=np.float64)
+        if name != "edge_jump":
+            img = np.where(res.mask, img, np.nan)
+        outputs[name] = _png(out_dir / f"{stem}_{name}.png", img, f"{stem}: {name.replace('_', ' ')}", labels[name])
+    return outputs
+
+
 def analyze_fxi_file(
     path,
     output_dir,
@@ -42,24 +114,32 @@ def analyze_fxi_file(
     progress: bool = True,
     align: str = "running_mean",
     roi=None,
+    zinger_sigma: float | None = 10.0,
     **fit_params,
 ) -> dict[str, Path]:
     """Analyse one FXI-style 2D XANES file and write its maps.
 
+    The frames go through the same :class:`txm_live.analysis.Xanes2DPipeline` as the
+    live analysis (dark/flat, per-frame correction, registration in acquisition order,
+    :func:`~txm_live.analysis.fit_xanes`), so a file exported from a stored run gives the
+    live run's maps.
+
     Parameters
     ----------
     path : str or Path
-        FXI-style HDF5 file (``X_eng``, ``img_xanes``, ``img_bkg``, ``img_dark``).
+        FXI-style HDF5 file (``X_eng``, ``img_xanes``, ``img_bkg``, ``img_dark``); without
+        ``img_bkg``, ``img_xanes`` is taken as normalized transmission.
     output_dir : str or Path
         Folder for the outputs (created if missing).
     progress : bool, optional
         Show a tqdm progress bar on stderr. Default True.
     align : {'running_mean', 'reference', 'neighbour', 'none'}, optional
-        Drift correction before fitting (see
-        :class:`txm_live.analysis.StackAligner`); frames are registered in
-        order of energy. Default ``'running_mean'``.
+        Drift correction before fitting (see :class:`txm_live.analysis.StackAligner`);
+        frames are registered in the file's (acquisition) order. Default ``'running_mean'``.
     roi : tuple of two slices, optional
         Region used for registration.
+    zinger_sigma : float or None, optional
+        Zinger/hot-pixel threshold (:func:`~txm_live.analysis.remove_zingers`); None: off.
     **fit_params
         Passed to :func:`txm_live.analysis.fit_xanes` (``e0``, ``pre1``, ...).
 
@@ -73,91 +153,25 @@ def analyze_fxi_file(
     """
     from tqdm.auto import tqdm
 
-    from .analysis import StackAligner, apply_shifts, fit_xanes, flat_dark_correct
-    from .io.fxi import read_fxi_xanes, write_maps_h5
-
     if align not in _ALIGN_MODES:
         raise ValueError(f"align must be one of {_ALIGN_MODES}; got {align!r}")
     path = Path(path)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = read_fxi_xanes(path)
+    pipeline = Xanes2DPipeline(_layout(data), registration_mode=align, roi=roi, zinger_sigma=zinger_sigma,
+                               fit_params=fit_params, partial_every=0)
     n = data.frames.shape[0]
-    total = n + (n if align != "none" else 0) + 2
-    bar = tqdm(total=total, desc=path.name, disable=not progress, unit="step", file=sys.stderr)
-    try:
-        # 1. absorbance, frame by frame (progress), darks combined once
-        bar.set_postfix_str("flat/dark")
-        if data.flats is None:
-            if not np.issubdtype(data.frames.dtype, np.floating):
-                raise ValueError(
-                    f"{path} has raw integer frames ({data.frames.dtype}) but no img_bkg flats"
-                )
-            warnings.warn(
-                f"{path.name} has no img_bkg: img_xanes is taken as transmission I/I0",
-                UserWarning, stacklevel=2,
-            )
-            with np.errstate(divide="ignore", invalid="ignore"):
-                absorb = -np.log(np.where(data.frames > 0, data.frames, np.nan)).astype(np.float32)
-            bar.update(n)
-        else:
-            darks = data.darks if data.darks is not None else np.zeros((1,) + data.frames.shape[1:])
-            dark = np.median(darks, axis=0) if darks.ndim == 3 and darks.shape[0] > 1 else darks
-            flats = data.flats if data.flats.ndim == 3 else data.flats[None]
-            per_frame = flats.shape[0] == n
-            flat_all = None if per_frame else np.median(flats, axis=0)
-            absorb = np.empty(data.frames.shape, np.float32)
-            n_bad = 0
-            for i in range(n):
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    absorb[i], valid = flat_dark_correct(
-                        data.frames[i], flats[i] if per_frame else flat_all, dark,
-                        return_mask=True, dtype=np.float32)
-                n_bad += int(valid.size - valid.sum())
-                bar.update(1)
-            if n_bad:
-                warnings.warn(f"{n_bad} pixel values could not be flat/dark corrected (NaN)",
-                              UserWarning, stacklevel=2)
-        # 2. alignment in energy order
-        shifts = np.zeros((n, 2))
-        if align != "none":
-            bar.set_postfix_str("align")
-            aligner = StackAligner(mode=align, roi=roi)
-            for k in np.argsort(data.energies_ev, kind="stable"):
-                shifts[k] = aligner.add(absorb[k])
-                bar.update(1)
-            absorb = apply_shifts(absorb, shifts, order=1)
-        # 3. fit
+    with tqdm(total=n + 2, desc=path.name, disable=not progress, unit="frame", file=sys.stderr) as bar:
+        bar.set_postfix_str("correct + align")
+        _feed(pipeline, data, bar)
+        pipeline.finish()
         bar.set_postfix_str("fit")
-        res = fit_xanes(absorb, data.energies_ev, **fit_params)
+        pipeline.fit_final()
         bar.update(1)
-        # 4. write
         bar.set_postfix_str("write")
-        stem = path.stem
-        params = {k: v for k, v in res.params.items()}
-        outputs: dict[str, Path] = {}
-        outputs["maps"] = write_maps_h5(
-            out_dir / f"{stem}_maps.h5",
-            {
-                "whiteline": res.whiteline, "edge": res.edge, "edge_jump": res.edge_jump,
-                "pre_edge": res.pre_edge, "whiteline_height": res.whiteline_height,
-                "noise": res.noise, "status": res.status, "mask": res.mask,
-                "shifts": shifts, "energies_ev": res.energies,
-            },
-            attrs={"source": str(path), "align": align, "fit_params": params,
-                   "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification},
-        )
-        labels = {"whiteline": "eV", "edge": "eV", "edge_jump": "absorbance"}
-        for name in _PNG_MAPS:
-            img = np.asarray(getattr(res, name), dtype=np.float64)
-            if name != "edge_jump":
-                img = np.where(res.mask, img, np.nan)
-            outputs[name] = _png(out_dir / f"{stem}_{name}.png", img,
-                                 f"{stem}: {name.replace('_', ' ')}", labels[name])
+        outputs = _write_outputs(path, out_dir, data, pipeline, align)
         bar.update(1)
-    finally:
-        bar.close()
     return outputs
 
 
