@@ -29,7 +29,16 @@ def _scans(RE, bl, keep_runs, n_scans=10):
     return live, refs, held
 
 
-def test_ten_scans_hold_at_most_keep_runs_analyses(RE, sim_beamline):
+@pytest.fixture
+def small_beamline(tmp_path):
+    from simulators.beamline import make_sim_beamline
+    from simulators.model import SimConfig
+
+    return make_sim_beamline(tmp_path, config=SimConfig(shape=(64, 64), seed=2))
+
+
+def test_ten_scans_hold_at_most_keep_runs_analyses(RE, small_beamline):
+    sim_beamline = small_beamline
     live, refs, held = _scans(RE, sim_beamline, keep_runs=2)
     assert max(n for n, _ in held) == 2 and max(p for _, p in held) == 2
     alive = [r for r in refs if r() is not None]
