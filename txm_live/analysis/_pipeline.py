@@ -182,6 +182,7 @@ class EnergyCompleted:
 class _Frame:
     image: np.ndarray
     source: Any = None
+    cleaned: np.ndarray | None = None   # zingers removed ahead of time (same numbers, earlier)
 
 
 @dataclass
@@ -203,19 +204,25 @@ class _FlatDarkState:
         self.dark = dark
         return dark
 
-    def combine_flat(self, position: int, frames: list[np.ndarray]) -> np.ndarray:
-        stack = np.stack(frames).astype(np.float32)
-        flat = np.median(stack, axis=0) if len(stack) > 1 else stack[0]
-        if self.zinger_sigma is not None:
-            flat, _ = remove_zingers(flat, self.dark, sigma=self.zinger_sigma)
+    def clean(self, image: np.ndarray) -> np.ndarray:
+        """One frame (or a single flat) with its zingers removed against the dark."""
+        if self.zinger_sigma is None:
+            return image
+        return remove_zingers(image.astype(np.float32, copy=False), self.dark, sigma=self.zinger_sigma)[0]
+
+    def combine_flat(self, position: int, frames: list[_Frame]) -> np.ndarray:
+        if len(frames) == 1 and frames[0].cleaned is not None:
+            flat = frames[0].cleaned
+        else:
+            stack = np.stack([f.image for f in frames]).astype(np.float32)
+            flat = self.clean(np.median(stack, axis=0) if len(stack) > 1 else stack[0])
         self.flats[position] = flat
         return flat
 
-    def correct(self, raw: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    def correct(self, frame: _Frame, flat: np.ndarray) -> np.ndarray:
+        raw = frame.cleaned if frame.cleaned is not None else self.clean(frame.image)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # dead pixels -> NaN, expected
-            if self.zinger_sigma is not None:  # flat and dark were cleaned once
-                raw, _ = remove_zingers(raw, self.dark, sigma=self.zinger_sigma)
             return flat_dark_correct(raw, flat, self.dark, zinger_sigma=None)
 
 
@@ -336,7 +343,18 @@ class Xanes2DPipeline:
             self.n_retaken += 1
         self._frames[label] = _Frame(image, source)
         self._provisional = label
-        return self._advance(final=False)
+        steps = self._advance(final=False)
+        self._clean_ahead(label)
+        return steps
+
+    def _clean_ahead(self, label: FrameLabel) -> None:
+        """Remove a waiting frame's zingers now (a pure function of the frame and the dark),
+        so that less is left to do when it becomes usable — e.g. at the stop document."""
+        frame = self._frames.get(label)
+        if (frame is None or self._kind != "raw" or self._state.dark is None
+                or label.frame_type == "dark" or (label.frame_type == "flat" and self.layout.flats_per_energy > 1)):
+            return
+        frame.cleaned = self._state.clean(frame.image)
 
     def finish(self) -> list:
         """Every frame is final: process what is left; returns the steps completed."""
@@ -391,11 +409,11 @@ class Xanes2DPipeline:
     def _usable(self, label: FrameLabel, final: bool) -> bool:
         return label in self._frames and (final or label != self._provisional)
 
-    def _take(self, label: FrameLabel) -> np.ndarray:
+    def _take(self, label: FrameLabel) -> _Frame:
         frame = self._frames.pop(label)
         self._used.add(label)
         self.sources[label] = frame.source
-        return frame.image
+        return frame
 
     def _dark(self, final: bool):
         if self._state.dark is not None:
@@ -406,7 +424,7 @@ class Xanes2DPipeline:
         darks = sorted(label for label in self._frames if label.frame_type == "dark"
                        and self._usable(label, final))
         shape = next(iter(self._frames.values())).image.shape
-        return self._state.combine_dark([self._take(label) for label in darks], shape)
+        return self._state.combine_dark([self._take(label).image for label in darks], shape)
 
     def _flat_labels(self, position: int, final: bool):
         energy_index = self.layout.flat_energy_indices[position]
@@ -434,7 +452,7 @@ class Xanes2DPipeline:
     def _absorbance(self, label: FrameLabel, final: bool):
         """The frame's absorbance once its dark and flat exist (None: not yet)."""
         if self._kind == "absorbance":
-            return self._take(label)
+            return self._take(label).image
         if self._dark(final) is None:
             return None
         flat = self._flat(label.energy_index, final)
