@@ -26,6 +26,7 @@ def test_the_profile_runs_a_live_analysed_scan_in_ipython(tmp_path):
            "TXM_LIVE_DEVICES": "sim"}
     env.pop("TXM_LIVE_TILED_URI", None)
     out = subprocess.run([sys.executable, "-m", "IPython", "--profile-dir=profile_collection", "--no-banner",
+                          "--HistoryManager.enabled=False",
                           "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=540, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RESULT xanes2d success" in out.stdout
