@@ -26,15 +26,28 @@ class ReconstructionUnavailableError(NotImplementedError):
     """The file is a fly scan; tomographic reconstruction is not part of this version yet."""
 
 
+def _per_energy(stack, n: int):
+    """``i -> stack[i]`` for a per-energy stack, ``i -> stack[0]`` for a single image, else None."""
+    if stack is None or stack.shape[0] not in (1, n):
+        return None
+    return (lambda i: stack[i]) if stack.shape[0] == n else (lambda i: stack[0])
+
+
 def absorbance_from_fxi(data, *, on_energy=None) -> tuple[np.ndarray, int]:
     """The absorbance stack the XANES fit takes, from a 2D XANES file as read.
 
     Raw frames, when the file has them (a raw file, or txm-live's export with
-    ``/txm_live/raw``), are corrected here as the live analysis does
+    ``/txm_live/raw``), are corrected as the live analysis does
     (:func:`txm_live.analysis.flat_dark_correct`: zingers removed, darks combined by
-    their median), several frames per energy averaged first and flats taken from the
-    nearest energy that has them. Otherwise FXI's transmission gives ``-ln T``; pixels
-    FXI marked invalid (its zeros, NaN in ``data.transmission``) stay NaN.
+    their median); several frames per energy are averaged first, flats come from the
+    nearest energy that has them.
+
+    FXI's transmission ``T`` is turned back into mean sample counts with FXI's own
+    averaged flat ``F`` and dark ``D`` (``S = T (F - D) + D``), so that the same zinger
+    removal applies before ``-ln``: FXI's export removes none, and on the simulated
+    128² Ni scan the zingers left in ``T`` raise the drift error from 0.04 to 0.19 px.
+    Without ``img_bkg``/``img_dark`` it is ``-ln T``. Pixels FXI marked invalid (its
+    zeros, NaN in ``data.transmission``) stay NaN.
 
     Parameters
     ----------
@@ -54,28 +67,29 @@ def absorbance_from_fxi(data, *, on_energy=None) -> tuple[np.ndarray, int]:
 
     n = data.energies_ev.size
     absorb = np.empty((n, *data.image_shape), np.float32)
-    if data.frames is None:
-        for i in range(n):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                absorb[i] = -np.log(data.transmission[i])
-            absorb[i][~data.valid[i]] = np.nan
-            if on_energy is not None:
-                on_energy(i)
-        return absorb, int(np.count_nonzero(np.isnan(absorb)))
-    f_idx = np.asarray(data.frame_energy_index)
-    if data.flat_energy_index is None:
-        flat_of = {i: data.flats for i in range(n)}  # repeated flats, median-combined
-    else:
-        b_idx = np.asarray(data.flat_energy_index)
-        flat_of = {i: data.flats[b_idx == r] for i, r in enumerate(nearest_flat_rows(b_idx, n))}
+    if data.frames is not None:
+        f_idx = np.asarray(data.frame_energy_index)
+        if data.flat_energy_index is None:  # repeated flats, median-combined
+            flat_of = {i: data.flats for i in range(n)}
+        else:
+            b_idx = np.asarray(data.flat_energy_index)
+            flat_of = {i: data.flats[b_idx == r] for i, r in enumerate(nearest_flat_rows(b_idx, n))}
+    flat_avg, dark_avg = _per_energy(data.flat_avg, n), _per_energy(data.dark_avg, n)
     for i in range(n):
-        frames = data.frames[f_idx == i]
-        frame = frames[0] if frames.shape[0] == 1 else frames.mean(axis=0, dtype=np.float32)
-        flats = flat_of[i]
-        flat = flats[0] if flats.shape[0] == 1 else np.median(flats, axis=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FlatDarkWarning)  # counted below, reported once
-            absorb[i] = flat_dark_correct(frame, flat, data.darks, dtype=np.float32)
+            if data.frames is not None:
+                frames, flats = data.frames[f_idx == i], flat_of[i]
+                frame = frames[0] if frames.shape[0] == 1 else frames.mean(axis=0, dtype=np.float32)
+                flat = flats[0] if flats.shape[0] == 1 else np.median(flats, axis=0)
+                absorb[i] = flat_dark_correct(frame, flat, data.darks, dtype=np.float32)
+            elif flat_avg is not None and dark_avg is not None:
+                flat, dark = flat_avg(i), dark_avg(i)
+                counts = data.transmission[i] * (flat - dark) + dark
+                absorb[i] = flat_dark_correct(counts, flat, dark, dtype=np.float32)
+            else:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    absorb[i] = -np.log(data.transmission[i])
         if on_energy is not None:
             on_energy(i)
     return absorb, int(np.count_nonzero(np.isnan(absorb)))
