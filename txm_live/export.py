@@ -54,7 +54,10 @@ class RunFrames:
 
     def __init__(self, run):
         self.run = run
-        self._from_documents: dict | None = None
+        self._from_documents: tuple | None = None
+        #: Why Tiled could not serve frames, once it failed (the other streams then go
+        #: straight to the files: each failed read costs Tiled's client ~30 s of retries).
+        self.served_error: Exception | None = None
 
     def image_key(self, stream: str) -> str:
         """The stream's one external 2-D image data key."""
@@ -69,12 +72,14 @@ class RunFrames:
         if stream not in self.run:
             raise ValueError(f"the run has no {stream!r} stream (streams: {list(self.run)})")
         key = self.image_key(stream)
-        try:
-            return np.asarray(self.run[stream][key].read())
-        except Exception as exc:  # Tiled could not serve the external file: read it here
-            logger.warning("Tiled could not serve %s/%s (%s); reading the detector files the run names",
-                           stream, key, exc)
-            return self._document_frames(stream, key, exc)
+        if self.served_error is None:
+            try:
+                return np.asarray(self.run[stream][key].read())
+            except Exception as exc:  # Tiled could not serve the external file: read it here
+                logger.warning("Tiled could not serve %s/%s (%s); reading the detector files the run names",
+                               stream, key, exc)
+                self.served_error = exc
+        return self._document_frames(stream, key, self.served_error)
 
     def _document_frames(self, stream: str, key: str, served_error: Exception) -> np.ndarray:
         from .callbacks._frames import FrameReader
