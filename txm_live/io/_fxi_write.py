@@ -274,7 +274,8 @@ def write_fxi_xanes(path, data: FxiXanes2D, *, extra: dict | None = None) -> Pat
         raise ValueError("FXI's 2D XANES layout stores transmission with averaged flats and darks; "
                          "build them from raw frames with fxi_xanes_from_frames")
     path = Path(path)
-    on_disk = np.where(data.valid, data.transmission, 0).astype(np.float32)
+    valid = data.valid if data.valid is not None else np.isfinite(data.transmission) & (data.transmission != 0)
+    on_disk = np.where(valid, data.transmission, 0).astype(np.float32)  # FXI's 0 marks invalid pixels
     with h5py.File(path, "w") as f:
         _write_identity(f, data)
         x_eng = f.create_dataset("X_eng", data=np.asarray(data.energies_ev, np.float64) / EV_PER_KEV)

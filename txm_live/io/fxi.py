@@ -209,7 +209,7 @@ def _common_fields(h5file, path: Path, decision: LayoutDecision) -> dict:
     )
 
 
-def _stack(h5file, name: str, where: str, *, n=None, image_shape=None, counts=None) -> np.ndarray:
+def _stack(h5file, name: str, where: str, *, n=None, image_shape=None, context: str = "") -> np.ndarray:
     """A dataset as an (n, ny, nx) stack, its shape checked against the image's."""
     data = h5file[name][()]
     if data.ndim == 2:
@@ -218,8 +218,7 @@ def _stack(h5file, name: str, where: str, *, n=None, image_shape=None, counts=No
     if data.ndim != 3 or (n is not None and data.shape[0] != n) or (
             image_shape is not None and data.shape[1:] != tuple(image_shape)):
         shape_note = f" with (ny, nx) = {tuple(image_shape)}" if image_shape is not None else ""
-        raise FxiLayoutError(f"{where}: {name} has shape {data.shape}, expected {expected}{shape_note}"
-                             f"{counts or ''}")
+        raise FxiLayoutError(f"{where}: {name} has shape {data.shape}, expected {expected}{shape_note}{context}")
     return data
 
 
@@ -252,8 +251,7 @@ def _read_xanes(h5file, path: Path, decision: LayoutDecision) -> FxiXanes2D:
     where = str(path)
     energies = _energies(h5file)
     n = energies.size
-    counts = f" ({n} energies in X_eng)"
-    image = _stack(h5file, "img_xanes", where, n=n, counts=counts)
+    image = _stack(h5file, "img_xanes", where, n=n, context=f" ({n} energies in X_eng)")
     shape = image.shape[1:]
     fields = _common_fields(h5file, path, decision)
     if decision.layout == XANES2D_RAW:
@@ -282,7 +280,7 @@ def _read_fly(h5file, path: Path, decision: LayoutDecision) -> FxiFlyScan:
         raise FxiLayoutError(f"{where}: X_eng holds {energies.size} energies; a fly scan has one")
     angle_deg = np.asarray(h5file["angle"][()], dtype=np.float64).ravel()
     projections = _stack(h5file, "img_tomo", where, n=angle_deg.size,
-                         counts=f" ({angle_deg.size} angles in 'angle')")
+                         context=f" ({angle_deg.size} angles in 'angle')")
     shape = projections.shape[1:]
     averages = {name: _stack(h5file, ds, where, n=1, image_shape=shape) if ds in h5file else None
                 for name, ds in (("flat_avg", "img_bkg_avg"), ("dark_avg", "img_dark_avg"))}
