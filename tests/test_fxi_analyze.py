@@ -154,3 +154,10 @@ def test_analyze_on_a_fly_scan_says_reconstruction_is_not_available(tmp_path, ca
     assert run_analyze(_cli(str(path), "--no-progress", "-o", str(tmp_path / "o"))) == 3
     assert "reconstruction is not available in this version" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
+    # a folder of fly scans (3D XANES) is recognised and refused the same way
+    write_fly_scan_like_fxi(tmp_path / "fly_scan_id_10.h5",
+                            simulate_fly_scan(sim, np.linspace(0.0, 180.0, 7), energy_ev=8350.0, n_flats=2,
+                                              n_darks=2), scan_id=10)
+    assert run_analyze(_cli(str(tmp_path), "--no-progress")) == 3
+    assert ("holds a 3D XANES scan of 2 fly scans (8350.0–8400.0 eV); reconstruction is not available"
+            in capsys.readouterr().err)

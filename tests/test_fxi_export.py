@@ -193,3 +193,10 @@ def test_runs_that_cannot_be_exported_say_why(RE, sim_beamline, tiled_server, tm
     err = capsys.readouterr().err
     assert f"run {uid}: run {uid} has scan_type None; export writes ('xanes2d', 'tomo', 'fly_scan')" in err
     assert "no run 'no-such-run'" in err
+
+
+def test_export_is_a_txm_live_command():
+    from txm_live.cli import build_parser
+
+    args = build_parser().parse_args(["export", "uid-1", "uid-2", "--tiled", "http://127.0.0.1:1", "--with-raw"])
+    assert args.func is run_export and args.uids == ["uid-1", "uid-2"] and args.with_raw

@@ -230,7 +230,8 @@ def analyze_fxi_file(
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``txm-live analyze`` arguments to ``parser``."""
-    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file")
+    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (fly scans and 3D XANES folders are "
+                                                "recognised; their reconstruction is not available yet)")
     parser.add_argument("--layout", choices=_LAYOUT_CHOICES, default="auto",
                         help="how to read the file (default: auto, recognised from its datasets and content; "
                              "xanes2d: img_xanes is FXI's transmission; xanes2d_raw: img_xanes holds raw counts)")
@@ -247,9 +248,27 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def _refuse_xanes3d_folder(folder: Path) -> int:
+    """``txm-live analyze FOLDER``: say what the folder holds and that 3D XANES is not there yet."""
+    from .io import FxiLayoutError, open_fxi_xanes3d
+
+    try:
+        series = open_fxi_xanes3d(folder)
+    except (FileNotFoundError, FxiLayoutError) as exc:
+        print(f"txm-live analyze: {folder} is a folder, not an FXI 3D XANES scan: {exc}", file=sys.stderr)
+        return 2
+    print(f"txm-live analyze: {folder} holds a 3D XANES scan of {len(series)} fly scans "
+          f"({series.energies_ev.min():.1f}–{series.energies_ev.max():.1f} eV); reconstruction is not "
+          f"available in this version of txm-live yet. It opens with txm_live.io.open_fxi_xanes3d",
+          file=sys.stderr)
+    return 3
+
+
 def run_analyze(args: argparse.Namespace) -> int:
     """Run ``txm-live analyze`` from parsed arguments; returns the exit code."""
     path = Path(args.file)
+    if path.is_dir():
+        return _refuse_xanes3d_folder(path)
     if not path.is_file():
         print(f"txm-live analyze: no such file: {path}", file=sys.stderr)
         return 2
