@@ -96,6 +96,7 @@ def test_fxi_2d_xanes_file_gives_maps_within_the_usual_accuracy(scan, fxi_file, 
     assert err["drift_px"] <= 0.065  # achieved 0.042 px
 
 
+@pytest.mark.filterwarnings("ignore:.*pixel values are invalid", "ignore::txm_live.analysis.XanesInputWarning")
 def test_reading_fxi_transmission_as_raw_counts_fails(fxi_file, tmp_path):
     """Negative control: the old reader's assumption (img_xanes = raw frames) on FXI's file."""
     with pytest.warns(FxiLayoutWarning, match="looks like transmission"), \
