@@ -8,7 +8,7 @@ import pytest
 
 from txm_live.analysis._synthetic import synthetic_xanes_stack
 from txm_live.batch import add_analyze_arguments, analyze_fxi_file, run_analyze
-from txm_live.io import write_fxi_xanes
+from txm_live.io import fxi_xanes_from_frames, write_fxi_xanes
 
 
 @pytest.fixture()
@@ -18,10 +18,11 @@ def fxi_file(tmp_path):
     flats = rng.poisson(2e4, absorb.shape) + 100
     frames = rng.poisson(2e4 * np.exp(-absorb)) + 100
     darks = rng.poisson(100, (3, 32, 32))
-    p = write_fxi_xanes(tmp_path / "scan_1.h5", frames.astype(np.uint16), E[::-1][::-1],
-                        flats=flats.astype(np.uint16), darks=darks.astype(np.uint16),
-                        pixel_size_nm=21.3, magnification=32.5)
-    return p, tr
+    rows = np.arange(E.size)
+    data = fxi_xanes_from_frames(frames.astype(np.uint16), flats.astype(np.uint16), darks.astype(np.uint16), E,
+                                 frame_energy_index=rows, flat_energy_index=rows,
+                                 pixel_size_nm=21.3, magnification=325.0)
+    return write_fxi_xanes(tmp_path / "scan_1.h5", data), tr
 
 
 def test_analyze_writes_maps_and_pngs(fxi_file, tmp_path):

@@ -6,8 +6,9 @@ What it does, in order:
    ``OUTPUT/frames``) and subscribes the Tiled writer to a RunEngine;
 2. subscribes the live analysis when it is installed (``txm_live.callbacks``);
 3. runs ``xanes_2d`` on the simulated TXM (a charged NMC electrode at the Ni K edge);
-4. exports the stored run in FXI's HDF5 layout and runs the batch analysis on it
-   (``txm-live analyze``), comparing the whiteline map with the simulator's truth;
+4. exports the stored run in FXI's HDF5 layout (``txm-live export``, raw frames kept in
+   ``/txm_live/raw``) and runs the batch analysis on it (``txm-live analyze``), comparing
+   the whiteline map with the simulator's truth;
 5. leaves PNG previews in ``OUTPUT/previews``.
 
 The catalog stays on disk: ``txm-live serve OUTPUT`` serves it again.
@@ -60,7 +61,7 @@ def run_demo(args) -> int:
 
     from .batch import analyze_fxi_file
     from .energies import xanes_energy_list
-    from .io.fxi import write_fxi_xanes
+    from .export import export_run
     from .plans import xanes_2d
     from .store import EmbeddedTiled, subscribe_tiled_writer
 
@@ -116,14 +117,8 @@ def run_demo(args) -> int:
         # Read the run back over HTTP, export it in FXI's layout, analyse it as a user would.
         run = server.client()[uid]
         frames = run["primary"]["txm_det_image"].read()
-        flats = run["flat"]["txm_det_image"].read()
-        darks = run["dark"]["txm_det_image"].read()
         energy = np.asarray(run["primary"]["energy"].read(), dtype=float)
-        fxi_path = write_fxi_xanes(
-            out / f"xanes_{uid[:8]}.h5", frames, energy, flats=flats, darks=darks,
-            magnification=run.metadata["start"]["magnification"],
-            pixel_size_nm=run.metadata["start"]["pixel_size_nm"],
-        )
+        fxi_path = export_run(server.client(), uid, out, with_raw=True, overwrite=True)
         maps = analyze_fxi_file(fxi_path, out / "maps", progress=False)
         print(f"  FXI-style export {fxi_path.name}; batch maps in maps/")
 
