@@ -24,10 +24,11 @@ PVs (``TXMPrefixes`` names, see :mod:`txm_live.devices.pv_names`):
 - three NDFileHDF5 plugins ``HDF1:`` (darks), ``HDF2:`` (flats), ``HDF3:`` (sample frames),
   Stream mode, SWMR: :mod:`~simulators.ioc.hdf5_plugin`;
 - the IOC's own ``TXMSIM:Ready``, ``TXMSIM:Time_RBV`` (beamline time of the last frame),
-  ``TXMSIM:TimeScale_RBV``, ``TXMSIM:Seed_RBV``.
+  ``TXMSIM:TimeScale_RBV``, ``TXMSIM:Seed_RBV``, and ``TXMSIM:Reset`` (write 1: fresh
+  simulated state, as after a restart, without one).
 """
-from .launcher import IOCProcess, ca_environment, ca_ports_from_environment, free_port_pair, probe_pv
+from .launcher import IOCProcess, ca_environment, ca_ports_from_environment, free_port_pair, probe_pv, put_pv
 from .server import DEFAULT_TIME_SCALE, TXMIOC, serve
 
 __all__ = ["DEFAULT_TIME_SCALE", "IOCProcess", "TXMIOC", "ca_environment", "ca_ports_from_environment",
-           "free_port_pair", "probe_pv", "serve"]
+           "free_port_pair", "probe_pv", "put_pv", "serve"]

@@ -86,6 +86,9 @@ class StatsPlugin(PVGroup):
     mean_value_rbv = readback("MeanValue_RBV", 0.0, precision=2)
     array_counter_rbv = readback("ArrayCounter_RBV", 0)
 
+    async def reset_counters(self) -> None:
+        await self.array_counter_rbv.write(0)
+
     async def process(self, frame: np.ndarray, attributes: dict) -> None:
         await self.mean_value_rbv.write(float(frame.mean()))
         await self.array_counter_rbv.write(int(self.array_counter_rbv.value) + 1)
@@ -162,6 +165,21 @@ class CamDriver(PVGroup):
         await self.array_size_y_rbv.write(ny)
         await self.max_size_x_rbv.write(nx * int(binning))
         await self.max_size_y_rbv.write(ny * int(binning))
+
+    async def abort(self) -> None:
+        """Stop an acquisition in progress and wait until it has ended."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def reset_counters(self) -> None:
+        for pv in (self.array_counter, self.array_counter_rbv, self.num_images_counter_rbv):
+            await pv.write(0, verify_value=False)
+        await self.detector_state_rbv.write("Idle")
+        await self.status_message_rbv.write("")
 
     @acquire.putter
     async def acquire(self, instance, value):

@@ -161,6 +161,10 @@ class HDF5FilePlugin(PVGroup):
         await self.write_status.write("Write error")
         await self.write_message.write(message[: TEXT_LENGTH - 1])
 
+    async def end_capture(self) -> None:
+        """Stop capturing and close the file (IOC reset)."""
+        await self._close()
+
     def close_file(self) -> None:
         """Close the capture file now (IOC shutdown)."""
         if self._file is not None:

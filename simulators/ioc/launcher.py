@@ -31,7 +31,8 @@ from txm_live.devices.pv_names import SIM_IOC_PREFIX, SIM_READY_SUFFIX, TXMPrefi
 
 from .server import DEFAULT_TIME_SCALE
 
-__all__ = ["IOCProcess", "ca_environment", "ca_ports_from_environment", "free_port_pair", "probe_pv", "LOOPBACK"]
+__all__ = ["IOCProcess", "ca_environment", "ca_ports_from_environment", "free_port_pair", "probe_pv", "put_pv",
+           "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"
 #: How often the launcher asks whether the IOC is ready, s.
@@ -107,7 +108,9 @@ def _search(pv_name: str, host: str, port: int, deadline: float):
                     return ca.extract_address(command)
 
 
-def _read(pv_name: str, address, deadline: float):
+def _request(pv_name: str, address, deadline: float, make_request, response_type):
+    """Connect a channel to ``pv_name`` at ``address``, send ``make_request(channel)`` and
+    return the ``response_type`` message that answers it."""
     circuit = ca.VirtualCircuit(our_role=ca.CLIENT, address=address, priority=0)
     with socket.create_connection(address, timeout=_remaining(deadline, pv_name)) as sock:
 
@@ -118,7 +121,7 @@ def _read(pv_name: str, address, deadline: float):
             sock.settimeout(_remaining(deadline, pv_name))
             data = sock.recv(4096)
             if not data:
-                raise ConnectionError(f"{address} closed the connection while reading {pv_name}")
+                raise ConnectionError(f"{address} closed the connection while serving {pv_name}")
             commands, _ = circuit.recv(data)
             for command in commands:
                 circuit.process_command(command)
@@ -130,12 +133,14 @@ def _read(pv_name: str, address, deadline: float):
         send(channel.create())
         while channel.states[ca.CLIENT] is not ca.CONNECTED:
             receive()
-        request = channel.read()
+        request = make_request(channel)
         send(request)
         while True:
             for command in receive():
-                if isinstance(command, ca.ReadNotifyResponse) and command.ioid == request.ioid:
-                    return command.data[0]
+                if isinstance(command, ca.ErrorResponse):
+                    raise RuntimeError(f"{pv_name}: the server refused the request: {command}")
+                if isinstance(command, response_type) and command.ioid == request.ioid:
+                    return command
 
 
 def probe_pv(pv_name: str, *, port: int, host: str = LOOPBACK, timeout_s: float = 1.0):
@@ -146,7 +151,22 @@ def probe_pv(pv_name: str, *, port: int, host: str = LOOPBACK, timeout_s: float 
     """
     deadline = time.monotonic() + float(timeout_s)
     try:
-        return _read(pv_name, _search(pv_name, host, port, deadline), deadline)
+        address = _search(pv_name, host, port, deadline)
+        response = _request(pv_name, address, deadline, lambda ch: ch.read(), ca.ReadNotifyResponse)
+    except (socket.timeout, ConnectionError) as exc:
+        raise TimeoutError(f"{pv_name} on {host}:{port}: {exc}") from None
+    return response.data[0]
+
+
+def put_pv(pv_name: str, value, *, port: int, host: str = LOOPBACK, timeout_s: float = 10.0) -> None:
+    """Write one scalar PV and wait until the server has processed it (put completion).
+
+    Like :func:`probe_pv`, independent of the process's CA environment.
+    """
+    deadline = time.monotonic() + float(timeout_s)
+    try:
+        address = _search(pv_name, host, port, deadline)
+        _request(pv_name, address, deadline, lambda ch: ch.write((value,), notify=True), ca.WriteNotifyResponse)
     except (socket.timeout, ConnectionError) as exc:
         raise TimeoutError(f"{pv_name} on {host}:{port}: {exc}") from None
 
@@ -265,6 +285,11 @@ class IOCProcess:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(10.0)
+
+    def reset(self, timeout_s: float = 30.0) -> None:
+        """Fresh simulated state without a restart (``TXMSIM:Reset``): physics rebuilt from
+        the seed, beamline clock 0, axes at their starting positions, counters 0."""
+        put_pv(self.root + SIM_IOC_PREFIX + "Reset", 1, port=self.server_port, timeout_s=timeout_s)
 
     def restart(self, timeout_s: float = 60.0) -> IOCProcess:
         self.stop()

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 
 from caproto import ChannelType, SkipWrite
-from caproto.server import PVGroup, pvproperty
+from caproto._data import CannotExceedLimits
+from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
 from ..timing import SimClock
 from .axes import AxisSpec
@@ -28,6 +29,19 @@ __all__ = ["MotorRecord"]
 
 #: Wall-clock seconds between readback updates during a move.
 RBV_UPDATE_S = 0.02
+
+
+class SetpointData(PvpropertyDouble):
+    """``.VAL``, whose control limits are ``.LLM``/``.HLM``: a value outside them is refused
+    as the motor record refuses it (``.LVIO = 1``, nothing moves, the put itself succeeds)
+    rather than failing the put as caproto would."""
+
+    async def verify_value(self, value):
+        try:
+            return await super().verify_value(value)
+        except CannotExceedLimits:
+            await self.group.lvio.write(1)
+            raise SkipWrite() from None
 
 
 def _ro(name: str, value, **kwargs):
@@ -50,7 +64,7 @@ class MotorRecord(PVGroup):
         drops and rises).
     """
 
-    val = pvproperty(name=".VAL", value=0.0, precision=4, doc="User desired value")
+    val = pvproperty(name=".VAL", value=0.0, dtype=SetpointData, precision=4, doc="User desired value")
     rbv = _ro(".RBV", 0.0, precision=4, doc="User readback value")
     dmov = _ro(".DMOV", 1, doc="Done moving to value")
     movn = _ro(".MOVN", 0, doc="Motor is moving")
@@ -90,6 +104,11 @@ class MotorRecord(PVGroup):
         """Current readback, ``egu``."""
         return float(self.rbv.value)
 
+    def halt(self) -> None:
+        """End a move at once, without posting (the caller sets the new state: reset)."""
+        if self._motion is not None and not self._motion.done():
+            self._motion.cancel()
+
     async def initialize(self, value: float) -> None:
         """Set units, speed, limits and the starting position (before clients use it)."""
         spec = self.spec
@@ -104,6 +123,9 @@ class MotorRecord(PVGroup):
         await self.hlm.write(spec.high_limit)
         await self.val.write(float(value), verify_value=False)
         await self.rbv.write(float(value))
+        await self.lvio.write(0)
+        await self.movn.write(0)
+        await self.dmov.write(1)
 
     # ---- limits ---------------------------------------------------------------------
     async def _publish_limits(self, low: float, high: float) -> None:
@@ -121,10 +143,6 @@ class MotorRecord(PVGroup):
         await self._publish_limits(float(value), float(self.hlm.value))
         return value
 
-    def _within_limits(self, value: float) -> bool:
-        low, high = float(self.llm.value), float(self.hlm.value)
-        return low == high or low <= value <= high  # equal limits: no soft limits, as the record
-
     @velo.putter
     async def velo(self, instance, value):
         if not value > 0:
@@ -138,10 +156,7 @@ class MotorRecord(PVGroup):
         if self.set_use.value == "Set":  # redefine the position, nothing moves
             await self.rbv.write(value)
             return value
-        if not self._within_limits(value):
-            await self.lvio.write(1)
-            raise SkipWrite()  # the record refuses: .VAL stays, nothing moves
-        await self.lvio.write(0)
+        await self.lvio.write(0)  # within limits (SetpointData refused anything else)
         if self._motion is not None and not self._motion.done():
             self._motion.cancel()  # retarget, as the motor record does
         self._motion = asyncio.get_running_loop().create_task(self._move(value))

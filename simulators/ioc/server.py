@@ -22,7 +22,7 @@ import signal
 
 import numpy as np
 from caproto.asyncio.server import start_server
-from caproto.server import PVGroup
+from caproto.server import PVGroup, pvproperty
 
 from txm_live.devices.pv_names import (
     CAM_SUFFIX,
@@ -62,6 +62,7 @@ class SimStatus(PVGroup):
     time_rbv = readback("Time_RBV", 0.0, precision=3, units="s", doc="Beamline time of the last frame")
     time_scale_rbv = readback("TimeScale_RBV", 0.0, precision=4, doc="Wall seconds per beamline second")
     seed_rbv = readback("Seed_RBV", 0, doc="Seed of the simulated sample, drift and detector")
+    reset = pvproperty(name="Reset", value=0, doc="Write 1: fresh sample state, clock 0, axes home")
 
     def __init__(self, prefix, *, ioc: TXMIOC, **kwargs):
         super().__init__(prefix, **kwargs)
@@ -73,6 +74,12 @@ class SimStatus(PVGroup):
         await self.time_scale_rbv.write(self.ioc.time_scale)
         await self.seed_rbv.write(int(self.ioc.model.config.seed))
         await instance.write(1)
+
+    @reset.putter
+    async def reset(self, instance, value):
+        if value:
+            await self.ioc.reset()
+        return 0
 
 
 class TXMIOC:
@@ -137,6 +144,26 @@ class TXMIOC:
     @property
     def ready_pv(self) -> str:
         return self.status_prefix + SIM_READY_SUFFIX
+
+    async def reset(self) -> None:
+        """As freshly started, without a restart: physics rebuilt from the same seed, clock at
+        0, every axis at its starting position, speed and limits, shutter open, counters 0.
+
+        An acquisition in progress is aborted, moves stop and capture files are closed;
+        camera and plugin settings stay as clients left them (configuration).
+        """
+        await self.camera.abort()
+        for motor in self.motors.values():
+            motor.halt()
+        for plugin in self.plugins.values():
+            await plugin.end_capture()
+        old = self.model
+        self.model = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: SimTXM(old.config, sample=old.sample, spectra=old.spectra))
+        self.clock.reset()
+        await self.initialize()
+        await self.camera.reset_counters()
+        await self.stats.reset_counters()
 
     async def initialize(self) -> None:
         """Starting values: energy, focus, limits, camera geometry (before clients use them)."""

@@ -39,6 +39,10 @@ class PhotonShutter(PVGroup):
         return self.status.value == OPEN
 
     async def initialize(self) -> None:
+        """Open, nothing moving (start and reset)."""
+        if self._motion is not None and not self._motion.done():
+            self._motion.cancel()
+        self._target = OPEN
         await self.status.write(OPEN)
 
     async def _command(self, target: str) -> None:

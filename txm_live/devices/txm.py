@@ -44,8 +44,6 @@ FRAME_TYPES = tuple(HDF5_PLUGIN_SUFFIXES)
 HDF5_MIMETYPE = "application/x-hdf5"
 #: Dataset the NDFileHDF5 plugin writes frames to (its default layout).
 HDF5_DATASET = "/entry/data/data"
-#: How long a plugin may take to open or close its file, s.
-CAPTURE_TIMEOUT_S = 10.0
 #: An acquisition may take its exposure plus this long before the trigger fails, s.
 ACQUIRE_TIMEOUT_MARGIN_S = 30.0
 #: How long a plugin may take to switch its callbacks on or off, s.
@@ -184,6 +182,9 @@ class TXMCamera(Device):
     pixel_size_nm = Cpt(PixelSizeSignal, derived_from="cam.bin_x", write_access=False, kind="config")
     magnification = Cpt(Signal, value=32.5, kind="config")
 
+    #: How long a plugin may take to open or close its file, s (an error shows up as a timeout).
+    capture_timeout_s = 10.0
+
     def __init__(self, prefix="", *, write_dir=None, read_dir=None, optics: TXMOptics | None = None, **kwargs):
         self.optics = optics or TXMOptics()
         super().__init__(prefix, **kwargs)
@@ -245,7 +246,7 @@ class TXMCamera(Device):
     def _open_files(self) -> None:
         for plugin in self.plugins.values():
             try:
-                plugin.capture.set("Capture", timeout=CAPTURE_TIMEOUT_S).wait(CAPTURE_TIMEOUT_S + 1)
+                plugin.capture.set("Capture", timeout=self.capture_timeout_s).wait(self.capture_timeout_s + 1)
             except Exception as exc:
                 raise RuntimeError(
                     f"{plugin.name} could not open {plugin.file_path.get()}{plugin.file_name.get()}: "
@@ -257,7 +258,7 @@ class TXMCamera(Device):
         for plugin in self.plugins.values():
             try:
                 if plugin.capture.get() != "Done":
-                    plugin.capture.set("Done", timeout=CAPTURE_TIMEOUT_S).wait(CAPTURE_TIMEOUT_S + 1)
+                    plugin.capture.set("Done", timeout=self.capture_timeout_s).wait(self.capture_timeout_s + 1)
             except Exception as exc:  # close the others and restore the settings anyway
                 errors.append(f"{plugin.name}: {exc!r}")
         self._pending.clear()
