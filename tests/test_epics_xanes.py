@@ -141,7 +141,7 @@ def test_live_maps_match_the_simulated_devices_and_the_truth(runs):
         truth_drift = np.column_stack([attrs["truth_drift_y_px"][()], attrs["truth_drift_x_px"][()]])
     measured = np.column_stack([epics["drift"]["drift_y_px"].read(), epics["drift"]["drift_x_px"].read()])
     err = measured - (truth_drift - truth_drift[0])
-    assert _rms(np.hypot(err[:, 0], err[:, 1])) <= 0.15  # achieved 0.07 px
+    assert _rms(np.hypot(err[:, 0], err[:, 1])) <= 0.11  # achieved 0.074 px (frames are deterministic)
 
     whiteline = epics["maps"]["whiteline"].read()[-1]
     mask = epics["maps"]["mask"].read()[-1].astype(bool)
@@ -152,7 +152,7 @@ def test_live_maps_match_the_simulated_devices_and_the_truth(runs):
     inside = ndimage.binary_erosion(ndimage.shift(t.mask.astype(float), d0, order=0) > 0.5, iterations=2)
     sel = inside & mask & (jump >= MIN_JUMP)
     assert sel.sum() > 0.5 * inside.sum()
-    assert _rms((whiteline - wl_true)[sel]) <= 0.45  # achieved 0.30 eV with 1 eV steps across the edge
+    assert _rms((whiteline - wl_true)[sel]) <= 0.28  # achieved 0.19 eV with 1 eV steps across the edge
 
 
 def test_the_analysis_run_is_found_from_the_epics_run(runs, tiled_server):

@@ -325,12 +325,14 @@ class TXMCamera(Device):
     # ---- documents -----------------------------------------------------------------
     def describe(self):
         description = super().describe()
-        dtype = str(self.cam.data_type.get())
+        data_type = str(self.cam.data_type.get())
+        if data_type not in AD_DTYPES:
+            raise ValueError(f"{self.name}: DataType_RBV {data_type!r} is not one of {sorted(AD_DTYPES)}")
         description[self.image_key] = {
             "source": f"PV:{self.prefix}",
             "shape": [int(self.cam.array_size_y.get()), int(self.cam.array_size_x.get())],
             "dtype": "array",
-            "dtype_numpy": AD_DTYPES.get(dtype, "<u2"),
+            "dtype_numpy": AD_DTYPES[data_type],
             "external": "STREAM:",
         }
         return description
