@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default="", help="prefix put in front of every PV name")
     parser.add_argument("--interfaces", nargs="+", default=[LOOPBACK],
                         help="addresses to serve on (default 127.0.0.1 only)")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when the process that started this one has gone (launchers, tests)")
     parser.add_argument("--list-pvs", action="store_true", help="print the PV names and exit")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
     print(f"simulated TXM IOC: {len(ioc.pvdb)} PVs on {' '.join(args.interfaces)}:"
           f"{os.environ.get('EPICS_CA_SERVER_PORT', '5064')}; ready when {ioc.ready_pv} = 1", flush=True)
-    asyncio.run(serve(ioc, interfaces=args.interfaces))
+    asyncio.run(serve(ioc, interfaces=args.interfaces, exit_with_parent=args.exit_with_parent))
     return 0
 
 

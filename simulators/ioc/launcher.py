@@ -232,7 +232,7 @@ class IOCProcess:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "simulators.ioc", "--size", str(self.size), "--seed", str(self.seed),
                 "--energy-ev", repr(self.energy_ev), "--time-scale", repr(self.time_scale), "--root", self.root,
-                "--interfaces", LOOPBACK]
+                "--interfaces", LOOPBACK, "--exit-with-parent"]
 
     def start(self, timeout_s: float = 60.0) -> IOCProcess:
         """Start the IOC and wait until its PVs answer (its Ready PV reads 1)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 
 import numpy as np
@@ -212,19 +213,35 @@ class TXMIOC:
             plugin.close_file()
 
 
-async def serve(ioc: TXMIOC, *, interfaces=("127.0.0.1",)) -> None:
+#: How often an IOC started with ``exit_with_parent`` checks that its parent lives, s.
+PARENT_CHECK_S = 2.0
+
+
+async def _cancel_when_orphaned(task: asyncio.Future, parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(PARENT_CHECK_S)
+    logger.warning("parent process %d is gone; stopping the IOC", parent_pid)
+    task.cancel()
+
+
+async def serve(ioc: TXMIOC, *, interfaces=("127.0.0.1",), exit_with_parent: bool = False) -> None:
     """Serve ``ioc`` until SIGTERM/SIGINT (or cancellation), then close its capture files.
 
-    The ports come from ``EPICS_CA_SERVER_PORT`` (as for every caproto server).
+    The ports come from ``EPICS_CA_SERVER_PORT`` (as for every caproto server). With
+    ``exit_with_parent`` the IOC also stops when the process that started it has gone
+    (a test session killed outright leaves no IOC behind).
     """
     loop = asyncio.get_running_loop()
     server = asyncio.ensure_future(start_server(ioc.pvdb, interfaces=list(interfaces)))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.cancel)
+    watchdog = loop.create_task(_cancel_when_orphaned(server, os.getppid())) if exit_with_parent else None
     try:
         await server
     except asyncio.CancelledError:
         pass
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         ioc.close_files()
         logger.info("simulated TXM IOC stopped; capture files closed")
