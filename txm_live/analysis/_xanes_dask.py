@@ -85,8 +85,10 @@ class DaskStack:
         mask_tasks = []
         if isinstance(user_mask, da.Array):
             mask_tasks = _gather_tasks(user_mask, candidates, lead=0)
+        # unoptimized: fusing the row slices into the chunk loads would rename
+        # the loads, and the gathers would load every chunk a second time
         lines, values, mask_values = dask.compute(
-            lines, [d for _, d in tasks], [d for _, d in mask_tasks]
+            lines, [d for _, d in tasks], [d for _, d in mask_tasks], optimize_graph=False
         )
         spectra = np.empty((self.n_frames, candidates.size), dtype=self.dtype)
         for (pos, _), v in zip(tasks, values):
