@@ -20,12 +20,20 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ._xanes_plan import StackSample, XanesPlan, lines_block, sampled_rows
+from ._xanes_kernel import gather_pixels
+from ._xanes_plan import StackSample, XanesPlan, as_3d, kernel_threads, lines_block, sampled_rows
 
 
 def _take(block, local, lead):
-    """Values of ``block`` at spatial positions ``local`` (a tuple of index arrays)."""
-    return np.asarray(block[(slice(None),) * lead + local])
+    """Values of ``block`` at spatial positions ``local`` (a tuple of index
+    arrays): (n_frames, n) for a stack block (lead 1), (n,) for a mask block."""
+    block = np.asarray(block)
+    if lead == 0:
+        return block[local]
+    b3 = as_3d(block)
+    rows, cols = np.unravel_index(np.ravel_multi_index(local, block.shape[1:]), b3.shape[1:])
+    with kernel_threads(None):
+        return gather_pixels(b3, rows, cols)
 
 
 def _gather_tasks(arr, candidates: np.ndarray, lead: int):

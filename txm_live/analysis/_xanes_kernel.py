@@ -133,6 +133,40 @@ def gather_pixels(stack, rows, cols):
     return out
 
 
+@njit(parallel=True, cache=True)
+def subtract_interp(values, xp, fp):
+    """``values -= np.interp(values, xp, fp)`` in place (values float32 or
+    float64; the interpolation in float64, cast to the values' dtype before
+    subtracting), in parallel. ``xp`` strictly increasing, at least 2 points.
+
+    Same arithmetic as numpy's ``interp`` (no fused multiply-add: this
+    function is compiled without fastmath): ``slope * (x - xp[j]) + fp[j]``,
+    ``fp[0]`` / ``fp[-1]`` outside, NaN for NaN.
+    """
+    flat = values.reshape(-1)
+    n = xp.shape[0]
+    for i in prange(flat.shape[0]):
+        x = np.float64(flat[i])
+        if np.isnan(x):
+            corr = x
+        elif x < xp[0]:
+            corr = fp[0]
+        elif x >= xp[n - 1]:
+            corr = fp[n - 1]
+        else:
+            lo = 0
+            hi = n - 1
+            while hi - lo > 1:  # xp[lo] <= x < xp[hi]
+                mid = (lo + hi) // 2
+                if xp[mid] <= x:
+                    lo = mid
+                else:
+                    hi = mid
+            slope = (fp[lo + 1] - fp[lo]) / (xp[lo + 1] - xp[lo])
+            corr = slope * (x - xp[lo]) + fp[lo]
+        flat[i] = flat[i] - flat.dtype.type(corr)
+
+
 @njit(cache=True)
 def _vertex(coef, order, hw):
     """Position t of the maximum of the local polynomial; NaN if none."""

@@ -173,7 +173,7 @@ def bias_candidates(n_pixels: int) -> np.ndarray:
     return np.sort(rng.choice(n_pixels, BIAS_CANDIDATES, replace=False)).astype(np.int64)
 
 
-def _as_3d(block: np.ndarray) -> np.ndarray:
+def as_3d(block: np.ndarray) -> np.ndarray:
     """(n_frames, *spatial) -> (n_frames, rows, nx) for the kernel (a view
     when the spatial axes are contiguous)."""
     if block.ndim == 3:
@@ -195,7 +195,7 @@ class NumpyStack:
 
     def sample(self, candidates: np.ndarray, user_mask: np.ndarray | None) -> StackSample:
         lines = lines_block(self.arr[(slice(None),) + sampled_rows(self.spatial_shape)])
-        b3 = _as_3d(self.arr)
+        b3 = as_3d(self.arr)
         rows, cols = np.unravel_index(candidates, b3.shape[1:])
         with kernel_threads(None):
             spectra = _k.gather_pixels(b3, rows, cols)
@@ -515,6 +515,15 @@ class XanesPlan:
 
     MAP_NAMES = ("whiteline", "edge", "edge_jump", "pre_edge", "whiteline_height", "noise")
 
+    def _correct_bias(self, whiteline: np.ndarray) -> None:
+        """Subtract the bias table, linearly interpolated at each estimate, in place."""
+        xp, fp = self.bias_centres, self.bias_values
+        if xp.size >= 2 and np.all(np.diff(xp) > 0):
+            with kernel_threads(self.n_threads):
+                _k.subtract_interp(whiteline, xp, fp)  # == np.interp, in parallel
+        elif xp.size:
+            whiteline -= np.interp(whiteline, xp, fp).astype(whiteline.dtype)
+
     def fit_block(self, block: np.ndarray, user_mask: np.ndarray | None = None) -> dict:
         """The apply step: fit a block ``(n_frames, *spatial)`` (all frames,
         any spatial part), bias-correct its whiteline. Returns a dict of the
@@ -523,7 +532,7 @@ class XanesPlan:
         if block.dtype != self.out_dtype:  # fit_xanes converts first; a caller may not
             block = block.astype(self.out_dtype)
         spatial = block.shape[1:]
-        b3 = _as_3d(block)
+        b3 = as_3d(block)
         shape2 = b3.shape[1:]
         mask = (np.ones(shape2, np.bool_) if user_mask is None
                 else np.ascontiguousarray(user_mask, dtype=np.bool_).reshape(shape2))
@@ -537,9 +546,7 @@ class XanesPlan:
         )
         with kernel_threads(self.n_threads):
             _k.fit_kernel(b3, mask, self.weights, out)
-        if self.bias_values.size:
-            out.whiteline[...] -= np.interp(out.whiteline, self.bias_centres,
-                                            self.bias_values).astype(self.out_dtype)
+        self._correct_bias(out.whiteline)
         maps = {name: getattr(out, name).reshape(spatial) for name in self.MAP_NAMES}
         maps["status"] = out.status.reshape(spatial)
         maps["normalized"] = (out.normalized.reshape((nu,) + spatial)
