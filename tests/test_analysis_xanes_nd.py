@@ -276,3 +276,13 @@ def test_warning_points_at_the_caller(vol, lazy):
     w = [x for x in rec if issubclass(x.category, XanesInputWarning)]
     assert len(w) == 1 and "non-finite energy at index [0]" in str(w[0].message)
     assert w[0].filename == __file__
+
+
+def test_strided_volume_and_input_untouched(vol):
+    """A non-contiguous view gives the bits of its contiguous copy, and the
+    caller's array is not modified."""
+    st, E, _ = vol
+    before = st.copy()
+    view = st[:, ::-1, :, ::2]  # strided in z and x
+    _assert_same(fit_xanes(view, E), fit_xanes(np.ascontiguousarray(view), E))
+    np.testing.assert_array_equal(st, before)

@@ -189,16 +189,16 @@ class NumpyStack:
 
     def __init__(self, arr: np.ndarray):
         self.arr = arr
+        self.arr3 = as_3d(arr)  # a copy only for volumes whose spatial axes are not contiguous
         self.spatial_shape = arr.shape[1:]
         self.n_frames = arr.shape[0]
         self.dtype = arr.dtype
 
     def sample(self, candidates: np.ndarray, user_mask: np.ndarray | None) -> StackSample:
         lines = lines_block(self.arr[(slice(None),) + sampled_rows(self.spatial_shape)])
-        b3 = as_3d(self.arr)
-        rows, cols = np.unravel_index(candidates, b3.shape[1:])
+        rows, cols = np.unravel_index(candidates, self.arr3.shape[1:])
         with kernel_threads(None):
-            spectra = _k.gather_pixels(b3, rows, cols)
+            spectra = _k.gather_pixels(self.arr3, rows, cols)
         coords = np.unravel_index(candidates, self.spatial_shape)
         um = np.ones(candidates.size, bool) if user_mask is None else user_mask[coords]
         return StackSample(
@@ -213,7 +213,13 @@ class NumpyStack:
         return lines.reshape(len(frames), -1, 2)
 
     def fit(self, plan: "XanesPlan", user_mask: np.ndarray | None) -> dict:
-        return plan.fit_block(self.arr, user_mask)
+        """The apply step on the whole stack as one block."""
+        maps = plan.fit_block(self.arr3, user_mask)  # maps of arr3's (rows, nx)
+        for name, value in maps.items():
+            if value is not None:
+                lead = value.shape[:-2]  # (nu,) for the normalized stack
+                maps[name] = value.reshape(lead + self.spatial_shape)
+        return maps
 
 
 # --------------------------------------------------------------------------
@@ -222,8 +228,9 @@ class NumpyStack:
 def mean_spectrum(source, sample: StackSample, energies, *, stacklevel: int):
     """Group frames by energy and average the sampled rows per energy.
 
-    A frame with no finite value in the sampled rows is summed in full
-    before it is dropped. Returns ``(EnergyGroups, mean)``, mean float64.
+    A frame with no finite value in the sampled rows is summed in full; it
+    is dropped (with a warning) only if it has no finite value at all.
+    Returns ``(EnergyGroups, mean)``, mean float64.
     """
     sums = sample.line_sums.sum(axis=1)
     counts = sample.line_counts.sum(axis=1)
