@@ -22,7 +22,10 @@ known per-pixel shift, noise of 1e4 flat counts):
 - the same data as a dask array chunked over z (``--volume-chunk`` slices per
   chunk), fitted with dask's threaded scheduler in this process: its time
   over the in-process time (the dask overhead), runs interleaved with the
-  numpy runs so both see the same load; and whether the maps are equal.
+  numpy runs so all see the same load; once with the maps computed into numpy
+  arrays (dask concatenates the chunks: a copy of the maps) and once kept in
+  chunks (``dask.persist``, as a pipeline writing chunks to zarr would);
+  and whether the maps are equal.
 
 Usage::
 
@@ -239,24 +242,36 @@ def bench_3d(args):
 
     fit_xanes(stack[:, :2, :32, :32], E, e0=e0)  # compile / load the numba cache
     fit_xanes(d[:, :2, :32, :32], E, e0=e0).compute(scheduler="threads")
-    w_np, c_np, w_da, c_da = [], [], [], []
+    def kept_chunked():
+        r = fit_xanes(d, E, e0=e0)
+        return dask.persist(r.whiteline, r.edge, r.edge_jump, r.pre_edge, r.whiteline_height,
+                            r.noise, r.status)
+
+    runs = {"numpy": ([], []), "compute": ([], []), "persist": ([], [])}
     r_np = r_da = None
-    for _ in range(args.repeat):  # interleaved: both see the same load
+    for _ in range(args.repeat):  # interleaved: all see the same load
         r_np, w, c, _ = timed(lambda: fit_xanes(stack, E, e0=e0), 1)
-        w_np += w
-        c_np += c
+        runs["numpy"][0].extend(w)
+        runs["numpy"][1].extend(c)
         with dask.config.set(scheduler="threads"):
             r_da, w, c, _ = timed(lambda: fit_xanes(d, E, e0=e0).compute(), 1)
-        w_da += w
-        c_da += c
+            runs["compute"][0].extend(w)
+            runs["compute"][1].extend(c)
+            _, w, c, _ = timed(kept_chunked, 1)
+            runs["persist"][0].extend(w)
+            runs["persist"][1].extend(c)
     cores = numba.get_num_threads()
+    w_np, c_np = runs["numpy"]
     print(f"in process: wall {fmt(w_np)} -> {gb / min(w_np):.2f} GB/s best, "
           f"{gb / float(np.median(w_np)):.2f} GB/s median; CPU {fmt(c_np)} -> "
           f"{gb / (min(c_np) / cores):.2f} GB/s on {cores} unshared cores")
-    print(f"dask threads: wall {fmt(w_da)}; CPU {fmt(c_da)}; overhead dask / in-process "
-          f"{min(w_da) / min(w_np):.2f}x best wall, "
-          f"{float(np.median(w_da)) / float(np.median(w_np)):.2f}x median wall, "
-          f"{float(np.median(c_da)) / float(np.median(c_np)):.2f}x median CPU")
+    for key, label in (("compute", "maps as numpy (compute)"),
+                       ("persist", "maps kept in chunks (persist)")):
+        w_da, c_da = runs[key]
+        print(f"dask threads, {label}: wall {fmt(w_da)}; CPU {fmt(c_da)}; overhead dask / "
+              f"in-process {min(w_da) / min(w_np):.2f}x best wall, "
+              f"{float(np.median(w_da)) / float(np.median(w_np)):.2f}x median wall, "
+              f"{float(np.median(c_da)) / float(np.median(c_np)):.2f}x median CPU")
     same = all(np.array_equal(getattr(r_np, f), getattr(r_da, f), equal_nan=True)
                for f in ("whiteline", "edge", "edge_jump", "pre_edge", "status"))
     print(f"  dask maps bit-identical to in-process: {same}")
