@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft as sfft
 
-__all__ = ["nufft_backend", "FILTER_NAMES", "ramp_filter"]
+__all__ = ["nufft_backend", "FourierBackprojector", "FILTER_NAMES", "ramp_filter"]
 
 #: Smoothing windows of the ramp filter (tomopy's gridrec names where they overlap).
 FILTER_NAMES = ("ramlak", "shepp", "cosine", "hann", "hamming")
@@ -70,53 +70,87 @@ def ramp_filter(n_pad: int, filter_name: str = "ramlak") -> np.ndarray:
     return ramp * _window(nu, filter_name)
 
 
-def _angle_factors(theta, weights, center, n_win, win_start, pad_left):
-    """Per-angle, per-frequency strength factors and NUFFT coordinates.
+class FourierBackprojector:
+    """Filter and backproject sinograms of one geometry (angles, width), any centre.
 
-    Returns
-    -------
-    factor : ndarray (n_angles, n_win) complex64
-        ``w_i / n_win · exp(2πi k δ / n_win)`` in fftshift order (k = −n_win/2 …), with
-        δ the axis position inside the window, and 0 at the unpaired Nyquist term (which
-        would leak one packed row into the other).
-    coord : ndarray (n_angles · n_win, 2) float32
-        (row, column) frequency of each sample, radians per pixel.
+    The NUFFT plan depends only on the angles and the width, so one object serves every
+    row chunk of a volume and every trial centre of a centre sweep.
+
+    Parameters
+    ----------
+    theta, weights : ndarray (n_angles,) float64
+        Angles (rad) and their quadrature weights (sum π).
+    nx : int
+        Detector width = slice width, px.
+    ncore : int
+        Threads for the FFTs and the NUFFT.
+    filter_name, eps, pad_mode
+        See :func:`nufft_backend`.
     """
-    k = np.arange(n_win) - n_win // 2
-    delta = center + pad_left - win_start
-    phase = np.exp(2j * np.pi * k * delta / n_win)
-    if n_win % 2 == 0:
-        phase[0] = 0.0
-    factor = (weights[:, None] / n_win) * phase[None, :]
-    omega = 2.0 * np.pi * k / n_win
-    coord = np.empty((theta.size, n_win, 2), np.float32)
-    coord[..., 0] = -omega[None, :] * np.sin(theta)[:, None]
-    coord[..., 1] = omega[None, :] * np.cos(theta)[:, None]
-    return factor.astype(np.complex64), coord.reshape(-1, 2)
 
+    def __init__(self, theta, weights, nx, *, ncore, filter_name="shepp", eps=1e-3,
+                 pad_mode="edge"):
+        import ducc0  # noqa: PLC0415  (imported when the backend is used)
 
-def _filtered_spectra(block, filt, n_pad, pad_left, win_start, n_win, pad_mode, workers):
-    """Fourier coefficients of the filtered, axis-centred window of each projection.
+        self.nx, self.ncore, self.pad_mode = int(nx), int(ncore), pad_mode
+        self.n_pad = sfft.next_fast_len(2 * self.nx)
+        self.pad_left = (self.n_pad - self.nx) // 2
+        self.filt = ramp_filter(self.n_pad, filter_name).astype(np.float32)
+        k = np.arange(self.nx) - self.nx // 2
+        self._k = k
+        # strength weights w_i / nx per angle; the Nyquist term (even nx) is unpaired and
+        # would leak one packed row into the other: dropped
+        self._weight = (np.asarray(weights) / self.nx).astype(np.float32)
+        omega = 2.0 * np.pi * k / self.nx
+        coord = np.empty((theta.size, self.nx, 2), np.float32)
+        coord[..., 0] = -omega[None, :] * np.sin(theta)[:, None]
+        coord[..., 1] = omega[None, :] * np.cos(theta)[:, None]
+        self._plan = ducc0.nufft.plan(nu2u=True, coord=coord.reshape(-1, 2),
+                                      grid_shape=(self.nx, self.nx), epsilon=eps,
+                                      nthreads=self.ncore)
 
-    ``block`` (n_angles, n_rows, nx) real → (n_pairs, n_angles, n_win) complex64 in
-    fftshift order; rows 2j and 2j + 1 are packed as real and imaginary parts.
-    """
-    n_angles, n_rows, nx = block.shape
-    n_pairs = (n_rows + 1) // 2
-    z = np.zeros((n_pairs, n_angles, n_pad), np.complex64)
-    core = z[:, :, pad_left : pad_left + nx]
-    core.real[...] = np.moveaxis(block[:, 0::2, :], 1, 0)
-    if n_rows > 1:
-        core.imag[: n_rows // 2] = np.moveaxis(block[:, 1::2, :], 1, 0)
-    if pad_mode == "edge":
-        z[:, :, :pad_left] = z[:, :, pad_left : pad_left + 1]
-        z[:, :, pad_left + nx :] = z[:, :, pad_left + nx - 1 : pad_left + nx]
-    spec = sfft.fft(z, axis=-1, workers=workers, overwrite_x=True)
-    spec *= filt
-    q = sfft.ifft(spec, axis=-1, workers=workers, overwrite_x=True)
-    window = q[:, :, win_start : win_start + n_win]
-    out = sfft.fft(window, axis=-1, workers=workers)
-    return sfft.fftshift(out, axes=-1)
+    def filtered(self, block) -> np.ndarray:
+        """Ramp-filtered, padded projections of rows packed in pairs.
+
+        ``block`` (n_angles, n_rows, nx) real → (n_pairs, n_angles, n_pad) complex64;
+        rows 2j and 2j + 1 are the real and imaginary parts of pair j.
+        """
+        n_angles, n_rows, nx = block.shape
+        n_pairs, pl = (n_rows + 1) // 2, self.pad_left
+        z = np.zeros((n_pairs, n_angles, self.n_pad), np.complex64)
+        core = z[:, :, pl : pl + nx]
+        core.real[...] = np.moveaxis(block[:, 0::2, :], 1, 0)
+        if n_rows > 1:
+            core.imag[: n_rows // 2] = np.moveaxis(block[:, 1::2, :], 1, 0)
+        if self.pad_mode == "edge":
+            z[:, :, :pl] = z[:, :, pl : pl + 1]
+            z[:, :, pl + nx :] = z[:, :, pl + nx - 1 : pl + nx]
+        spec = sfft.fft(z, axis=-1, workers=self.ncore, overwrite_x=True)
+        spec *= self.filt
+        return sfft.ifft(spec, axis=-1, workers=self.ncore, overwrite_x=True)
+
+    def backproject(self, q, center, out=None) -> np.ndarray:
+        """Slices from :meth:`filtered` output for one ``center``.
+
+        Returns (n_pairs, nx, nx) complex64: real part row 2j, imaginary part row 2j + 1.
+        The window of ``nx`` filtered columns centred on the axis is Fourier transformed;
+        the sub-pixel part of the centre is a phase ``exp(2πi k δ / nx)``.
+        """
+        nx = self.nx
+        win_start = int(round(center)) + self.pad_left - nx // 2
+        delta = center + self.pad_left - win_start
+        spectra = sfft.fft(q[:, :, win_start : win_start + nx], axis=-1, workers=self.ncore)
+        spectra = sfft.fftshift(spectra, axes=-1)
+        phase = np.exp(2j * np.pi * self._k * delta / nx).astype(np.complex64)
+        if nx % 2 == 0:
+            phase[0] = 0.0
+        spectra *= phase
+        spectra *= self._weight[:, None]
+        n_pairs = q.shape[0]
+        if out is None:
+            out = np.empty((n_pairs, nx, nx), np.complex64)
+        self._plan.nu2u(forward=False, points=spectra.reshape(n_pairs, -1), out=out)
+        return out
 
 
 def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
@@ -126,7 +160,7 @@ def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
     Parameters
     ----------
     tomo : ndarray (n_angles, ny, nx)
-        Absorbance (any real dtype; read one row chunk at a time, never modified).
+        Absorbance (read one row chunk at a time through ``row_chunks``, never modified).
     theta, weights : ndarray (n_angles,) float64
         Angles (rad) and their quadrature weights (sum π).
     center : float
@@ -145,26 +179,11 @@ def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
     pad_mode : {'edge', 'zero'}
         How projections are extended beyond the detector before filtering.
     """
-    import ducc0  # noqa: PLC0415  (imported when the backend is used)
-
-    n_angles, ny, nx = tomo.shape
-    n_pad = sfft.next_fast_len(2 * nx)
-    pad_left = (n_pad - nx) // 2
-    n_win = nx
-    win_start = int(round(center)) + pad_left - n_win // 2
-    filt = ramp_filter(n_pad, filter_name).astype(np.float32)
-    factor, coord = _angle_factors(theta, weights, center, n_win, win_start, pad_left)
-    plan = ducc0.nufft.plan(nu2u=True, coord=coord, grid_shape=(nx, nx), epsilon=eps,
-                            nthreads=ncore)
-    slab = np.empty((CHUNK_ROWS // 2, nx, nx), np.complex64)
+    bp = FourierBackprojector(theta, weights, tomo.shape[2], ncore=ncore,
+                              filter_name=filter_name, eps=eps, pad_mode=pad_mode)
+    slab = np.empty((CHUNK_ROWS // 2, bp.nx, bp.nx), np.complex64)
     for r0, r1, block in row_chunks(CHUNK_ROWS):
-        spectra = _filtered_spectra(block, filt, n_pad, pad_left, win_start, n_win,
-                                    pad_mode, ncore)
-        spectra *= factor
-        n_pairs = spectra.shape[0]
-        res = slab[:n_pairs]
-        plan.nu2u(forward=False, points=spectra.reshape(n_pairs, -1), out=res)
-        for j in range(n_pairs):
-            out[r0 + 2 * j] = res[j].real
-            if r0 + 2 * j + 1 < r1:
-                out[r0 + 2 * j + 1] = res[j].imag
+        q = bp.filtered(block)
+        res = bp.backproject(q, center, out=slab[: q.shape[0]])
+        out[r0:r1:2] = res.real[: (r1 - r0 + 1) // 2]
+        out[r0 + 1 : r1 : 2] = res.imag[: (r1 - r0) // 2]
