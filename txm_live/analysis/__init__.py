@@ -16,11 +16,20 @@ from ._tomo import (
     reconstruct,
     reconstruction_backends,
 )
+from ._tomo_center import CenterSweep, center_sweep, find_center, slice_entropy
+from ._tomo_prep import (
+    correct_jitter,
+    estimate_jitter,
+    normalize_projections,
+    remove_outliers,
+    remove_stripes,
+)
 from ._validate import XanesInputWarning
 from ._xanes import STATUS_CODES, XanesResult, find_e0, fit_xanes, normalization_parameters
 
 __all__ = [
     "AlignmentResult",
+    "CenterSweep",
     "FlatDarkWarning",
     "LcfResult",
     "MIN_ANGLES",
@@ -32,15 +41,23 @@ __all__ = [
     "align_stack",
     "angle_weights",
     "apply_shifts",
+    "center_sweep",
+    "correct_jitter",
+    "estimate_jitter",
     "estimate_shift",
+    "find_center",
     "find_e0",
     "fit_lcf",
     "fit_xanes",
     "flat_dark_correct",
     "fov_radius_px",
     "normalization_parameters",
+    "normalize_projections",
     "reconstruct",
     "reconstruction_backends",
+    "remove_outliers",
+    "remove_stripes",
     "remove_zingers",
+    "slice_entropy",
     "xanes_mask",
 ]

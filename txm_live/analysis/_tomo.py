@@ -45,10 +45,13 @@ __all__ = [
 #: Fewest projections any backend is asked to reconstruct from.
 MIN_ANGLES = 8
 #: The largest gap in the angles (folded onto a half turn) that is still treated as
-#: sampling, not a missing wedge: this many times the median step, and at least
+#: sampling, not a missing wedge: this many times the median step (random angles have
+#: gaps up to ~ln(n)/ln(2) median steps: 8 for 300 angles), and at least
 #: ``MIN_WEDGE_DEG``.
-MAX_GAP_STEPS = 4.0
+MAX_GAP_STEPS = 12.0
 MIN_WEDGE_DEG = 2.0
+#: Folded angles closer than this are one angle seen twice (0° and 180°, repeats).
+_SAME_ANGLE_RAD = 1e-9
 
 
 class TomoInputWarning(UserWarning):
@@ -65,7 +68,7 @@ class _Backend:
 
 _BACKENDS = {
     "nufft": _Backend(
-        nufft_backend, {"filter_name": "shepp", "eps": 1e-3, "pad_mode": "edge"}, "ducc0",
+        nufft_backend, {"filter_name": "hann", "eps": 1e-2, "pad_mode": "edge"}, "ducc0",
         "filtered backprojection by NUFFT gridding (ducc0); the fast CPU default",
     ),
     "dfi": _Backend(
@@ -113,8 +116,14 @@ def angle_weights(theta_rad) -> np.ndarray:
     s = folded[order]
     gaps = np.diff(np.concatenate([s, [s[0] + np.pi]]))  # gap after each sorted angle
     w_sorted = 0.5 * (gaps + np.roll(gaps, 1))
+    # angles that coincide once folded (0° and 180°, repeated frames) share their weight
+    group = np.concatenate([[0], np.cumsum(np.diff(s) > _SAME_ANGLE_RAD)])
+    if s.size > 1 and np.pi - (s[-1] - s[0]) <= _SAME_ANGLE_RAD:
+        group[group == group[-1]] = 0  # the last run wraps onto the first
+    totals = np.bincount(group, weights=w_sorted)
+    counts = np.bincount(group)
     w = np.empty_like(w_sorted)
-    w[order] = w_sorted
+    w[order] = (totals / counts)[group]
     return w
 
 
@@ -239,8 +248,11 @@ def reconstruct(tomo, theta, center=None, *, algorithm: str = "nufft", ncore: in
         Threads; default all CPUs this process may use.
     **kwargs
         Backend options, checked against the backend's list. ``'nufft'``:
-        ``filter_name`` ('ramlak', 'shepp' (default), 'cosine', 'hann', 'hamming'),
-        ``eps`` (NUFFT accuracy, default 1e-3, far below the noise of measured data),
+        ``filter_name`` ('hann' (default, as algotom's), 'parzen' (smoothest), 'hamming',
+        'cosine', 'shepp' (tomopy gridrec's default), 'ramlak' (no smoothing: sharpest,
+        noisiest)); ``eps`` (NUFFT accuracy bound, default 1e-2: the measured error is
+        ~1e-3 of the slice, far below the noise of measured data; NRMSE against the truth
+        is the same to four digits as with 1e-5),
         ``pad_mode`` ('edge' (default) or 'zero': how projections are extended beyond the
         detector before filtering).
 
@@ -264,6 +276,13 @@ def reconstruct(tomo, theta, center=None, *, algorithm: str = "nufft", ncore: in
 
     Notes
     -----
+    Choosing the window: the interpolation is exact (no blur of its own, unlike DFI's
+    polar-grid interpolation or a linear-interpolating backprojector), so the window
+    alone sets the noise/resolution trade-off. On simulated TXM data (3·10⁴-count flat)
+    ``'hann'`` gives the lowest error against the true volume up to ~1024 px; for noisy
+    full-resolution data (2048 px, 20 nm pixels) ``'parzen'`` does
+    (``benchmarks/bench_tomo.py`` prints both beside algotom's DFI and astra's FBP).
+
     Memory: the output, plus a few rows' padded sinograms (``CHUNK_ROWS`` of the
     backend) and one NUFFT grid; ``tomo`` is never copied whole.
     """

@@ -44,8 +44,14 @@ PAIR_UPSAMPLE = 20
 #: estimate; a pair estimate is trusted to within ``REFINE_HALF_WIDTH_PX``.
 REFINE_HALF_WIDTH_PX = 3.0
 REFINE_STEP_PX = 0.25
-#: Rows reconstructed for the sharpness metric (those with the most absorbance).
+#: Rows reconstructed for the sharpness metric (those with the most absorbance): more
+#: on narrow detectors, where a row is cheap and holds few pixels.
 METRIC_ROWS = 8
+METRIC_ROWS_WIDE = 2
+WIDE_PX = 512
+#: The sharpness sweep uses at most this many projections (evenly picked): enough to
+#: see a centre error, and the sweep stays a few seconds at 2048 px.
+METRIC_MAX_ANGLES = 720
 #: Histogram bins of the entropy metric.
 ENTROPY_BINS = 128
 #: Widths above this are binned for the coarse search without opposite projections.
@@ -273,16 +279,34 @@ def find_center(tomo, theta, *, rows=None, ncore: int | None = None,
     n_angles, ny, nx = _check_shape(tomo)
     theta = _check_angles(theta, n_angles)
     ncore = _ncore(ncore)
-    rows = _pick_rows(tomo, METRIC_ROWS) if rows is None else np.atleast_1d(np.asarray(rows, int))
+    if rows is None:
+        rows = _pick_rows(tomo, METRIC_ROWS if nx <= WIDE_PX else METRIC_ROWS_WIDE)
+    rows = np.atleast_1d(np.asarray(rows, int))
     guess = _pair_center(tomo, theta)
+    pick = np.unique(np.linspace(0, n_angles - 1, min(n_angles, METRIC_MAX_ANGLES)).round()
+                     .astype(int))
+    sub = _Subset(tomo, pick)
     if guess is None:
-        guess = _coarse_center(tomo, theta, rows, ncore=ncore, filter_name=filter_name)
+        guess = _coarse_center(sub, theta[pick], rows, ncore=ncore, filter_name=filter_name)
     lo = max(0.0, guess - REFINE_HALF_WIDTH_PX)
     hi = min(nx - 1.0, guess + REFINE_HALF_WIDTH_PX)
     centers = np.arange(lo, hi + 1e-9, REFINE_STEP_PX)
-    entropy, _ = _sweep(tomo, theta, centers, rows, ncore=ncore, filter_name=filter_name,
-                        keep_slices=False)
+    entropy, _ = _sweep(sub, theta[pick], centers, rows, ncore=ncore,
+                        filter_name=filter_name, keep_slices=False)
     return _parabola_min(centers, entropy)
+
+
+class _Subset:
+    """``tomo`` restricted to the projections ``pick`` (indexed lazily, rows on demand)."""
+
+    def __init__(self, tomo, pick):
+        self._tomo, self._pick = tomo, pick
+        self.shape = (pick.size, *tomo.shape[1:])
+
+    def __getitem__(self, key):
+        angles, *rest = key if isinstance(key, tuple) else (key,)
+        rows = np.asarray(self._tomo[(slice(None), *rest)])
+        return rows[self._pick][angles]
 
 
 def _coarse_center(tomo, theta, rows, *, ncore, filter_name):

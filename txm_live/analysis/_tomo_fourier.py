@@ -28,7 +28,7 @@ import scipy.fft as sfft
 __all__ = ["nufft_backend", "FourierBackprojector", "FILTER_NAMES", "ramp_filter"]
 
 #: Smoothing windows of the ramp filter (tomopy's gridrec names where they overlap).
-FILTER_NAMES = ("ramlak", "shepp", "cosine", "hann", "hamming")
+FILTER_NAMES = ("ramlak", "shepp", "cosine", "hamming", "hann", "parzen")
 
 #: Rows (two per complex sinogram) processed per FFT/NUFFT batch: bounds working memory
 #: to about ``CHUNK_ROWS / 2 * n_angles * 2 nx`` complex64 values (≈ 100 MB at 1500
@@ -48,6 +48,9 @@ def _window(nu, filter_name):
         return 0.5 + 0.5 * np.cos(2.0 * np.pi * nu)
     if filter_name == "hamming":
         return 0.54 + 0.46 * np.cos(2.0 * np.pi * nu)
+    if filter_name == "parzen":  # cubic B-spline taper to 0 at Nyquist: the smoothest here
+        x = 2.0 * nu
+        return np.where(x <= 0.5, 1.0 - 6.0 * x**2 + 6.0 * x**3, 2.0 * (1.0 - x) ** 3)
     raise ValueError(f"filter_name must be one of {FILTER_NAMES}; got {filter_name!r}")
 
 
@@ -88,7 +91,7 @@ class FourierBackprojector:
         See :func:`nufft_backend`.
     """
 
-    def __init__(self, theta, weights, nx, *, ncore, filter_name="shepp", eps=1e-3,
+    def __init__(self, theta, weights, nx, *, ncore, filter_name="hann", eps=1e-2,
                  pad_mode="edge"):
         import ducc0  # noqa: PLC0415  (imported when the backend is used)
 
@@ -96,10 +99,9 @@ class FourierBackprojector:
         self.n_pad = sfft.next_fast_len(2 * self.nx)
         self.pad_left = (self.n_pad - self.nx) // 2
         self.filt = ramp_filter(self.n_pad, filter_name).astype(np.float32)
-        k = np.arange(self.nx) - self.nx // 2
+        # frequencies in FFT order (0 … nx/2 − 1, −nx/2 … −1): no fftshift per call
+        k = np.fft.fftfreq(self.nx, 1.0 / self.nx)
         self._k = k
-        # strength weights w_i / nx per angle; the Nyquist term (even nx) is unpaired and
-        # would leak one packed row into the other: dropped
         self._weight = (np.asarray(weights) / self.nx).astype(np.float32)
         omega = 2.0 * np.pi * k / self.nx
         coord = np.empty((theta.size, self.nx, 2), np.float32)
@@ -117,14 +119,18 @@ class FourierBackprojector:
         """
         n_angles, n_rows, nx = block.shape
         n_pairs, pl = (n_rows + 1) // 2, self.pad_left
-        z = np.zeros((n_pairs, n_angles, self.n_pad), np.complex64)
+        z = np.empty((n_pairs, n_angles, self.n_pad), np.complex64)
         core = z[:, :, pl : pl + nx]
         core.real[...] = np.moveaxis(block[:, 0::2, :], 1, 0)
+        core.imag[...] = 0.0
         if n_rows > 1:
             core.imag[: n_rows // 2] = np.moveaxis(block[:, 1::2, :], 1, 0)
         if self.pad_mode == "edge":
             z[:, :, :pl] = z[:, :, pl : pl + 1]
             z[:, :, pl + nx :] = z[:, :, pl + nx - 1 : pl + nx]
+        else:
+            z[:, :, :pl] = 0.0
+            z[:, :, pl + nx :] = 0.0
         spec = sfft.fft(z, axis=-1, workers=self.ncore, overwrite_x=True)
         spec *= self.filt
         return sfft.ifft(spec, axis=-1, workers=self.ncore, overwrite_x=True)
@@ -140,12 +146,11 @@ class FourierBackprojector:
         win_start = int(round(center)) + self.pad_left - nx // 2
         delta = center + self.pad_left - win_start
         spectra = sfft.fft(q[:, :, win_start : win_start + nx], axis=-1, workers=self.ncore)
-        spectra = sfft.fftshift(spectra, axes=-1)
-        phase = np.exp(2j * np.pi * self._k * delta / nx).astype(np.complex64)
+        phase = np.exp(2j * np.pi * self._k * delta / nx)
         if nx % 2 == 0:
-            phase[0] = 0.0
-        spectra *= phase
-        spectra *= self._weight[:, None]
+            # the unpaired Nyquist term would leak one packed row into the other
+            phase[nx // 2] = 0.0
+        spectra *= np.multiply.outer(self._weight, phase.astype(np.complex64))
         n_pairs = q.shape[0]
         if out is None:
             out = np.empty((n_pairs, nx, nx), np.complex64)
@@ -154,7 +159,7 @@ class FourierBackprojector:
 
 
 def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
-                  filter_name="shepp", eps=1e-3, pad_mode="edge"):
+                  filter_name="hann", eps=1e-2, pad_mode="edge"):
     """Reconstruct every row of ``tomo`` into ``out`` (see module docstring).
 
     Parameters
@@ -172,7 +177,7 @@ def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
     row_chunks : callable
         ``row_chunks(chunk_rows)`` yields ``(r0, r1, block)`` with ``block`` the cleaned
         float32 rows ``tomo[:, r0:r1, :]``.
-    filter_name : {'ramlak', 'shepp', 'cosine', 'hann', 'hamming'}
+    filter_name : {'ramlak', 'shepp', 'cosine', 'hamming', 'hann', 'parzen'}
         Smoothing window of the ramp filter.
     eps : float
         NUFFT relative accuracy (float32 arithmetic: 1e-5 … 1e-1).
