@@ -32,6 +32,7 @@ import numpy as np
 
 from ._tomo_backends import algotom_dfi_backend, algotom_fbp_backend, tomopy_gridrec_backend
 from ._tomo_fourier import FILTER_NAMES, nufft_backend
+from ._tomo_iterative import cgls_backend
 
 __all__ = [
     "reconstruct",
@@ -79,6 +80,10 @@ _BACKENDS = {
         algotom_fbp_backend, {"filter_name": "hann", "pad_mode": "edge"}, "algotom",
         "algotom's CPU filtered backprojection (numba)",
     ),
+    "cgls": _Backend(
+        cgls_backend, {"n_iter": 10, "eps": 1e-4}, "ducc0",
+        "least squares by conjugate gradients on NUFFT projectors, for few-angle scans",
+    ),
     "gridrec": _Backend(
         tomopy_gridrec_backend, {"filter_name": "shepp", "filter_par": None}, "tomopy",
         "tomopy's gridrec (conda only)",
@@ -103,18 +108,23 @@ def _importable(module) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def angle_weights(theta_rad) -> np.ndarray:
-    """Quadrature weight of each angle over the half turn, (n_angles,) float64, sum π.
+def angle_weights(theta_rad, *, wedge_gap_rad: float | None = None) -> np.ndarray:
+    """Quadrature weight of each angle over the half turn, (n_angles,) float64.
 
     Each angle gets half the gap to its neighbours after folding onto [0, π) (a
     projection at θ + π sees the same lines as at θ, mirrored), so irregular fly-scan
-    angles, a repeated 0°/180° pair or a full turn are all weighted correctly.
+    angles, a repeated 0°/180° pair or a full turn are all weighted correctly; the
+    weights sum to π. With ``wedge_gap_rad``, a gap wider than that is a missing wedge
+    (a scan still in progress) and counts as one median step: the angles at its edges
+    must not stand in for it; the sum is then less than π.
     """
     theta = np.asarray(theta_rad, dtype=np.float64)
     folded = np.mod(theta, np.pi)
     order = np.argsort(folded, kind="stable")
     s = folded[order]
     gaps = np.diff(np.concatenate([s, [s[0] + np.pi]]))  # gap after each sorted angle
+    if wedge_gap_rad is not None:
+        gaps = np.where(gaps > float(wedge_gap_rad), np.median(gaps), gaps)
     w_sorted = 0.5 * (gaps + np.roll(gaps, 1))
     # angles that coincide once folded (0° and 180°, repeated frames) share their weight
     group = np.concatenate([[0], np.cumsum(np.diff(s) > _SAME_ANGLE_RAD)])
@@ -132,7 +142,17 @@ def fov_radius_px(nx: int, center: float) -> float:
     return float(min(center, nx - 1 - center) + 0.5)
 
 
-def _check_angles(theta, n_angles):
+def _gap_limit(gaps):
+    """Largest gap (rad) still counted as sampling for these folded-angle gaps."""
+    return max(MAX_GAP_STEPS * float(np.median(gaps)), np.deg2rad(MIN_WEDGE_DEG))
+
+
+def _folded_gaps(theta):
+    folded = np.sort(np.mod(theta, np.pi))
+    return folded, np.diff(np.concatenate([folded, [folded[0] + np.pi]]))
+
+
+def _check_angles(theta, n_angles, *, allow_missing_wedge=False):
     theta = np.asarray(theta, dtype=np.float64)
     if theta.ndim != 1 or theta.size != n_angles:
         raise ValueError(f"theta must be 1-D with one angle per projection ({n_angles}); "
@@ -141,16 +161,16 @@ def _check_angles(theta, n_angles):
         raise ValueError(f"theta has {int(np.sum(~np.isfinite(theta)))} non-finite values")
     if n_angles < MIN_ANGLES:
         raise ValueError(f"too few angles: {n_angles} projections, at least {MIN_ANGLES} needed")
-    folded = np.sort(np.mod(theta, np.pi))
-    gaps = np.diff(np.concatenate([folded, [folded[0] + np.pi]]))
+    folded, gaps = _folded_gaps(theta)
     big = int(np.argmax(gaps))
-    limit = max(MAX_GAP_STEPS * float(np.median(gaps)), np.deg2rad(MIN_WEDGE_DEG))
-    if gaps[big] > limit:
+    limit = _gap_limit(gaps)
+    if gaps[big] > limit and not allow_missing_wedge:
         lo, hi = np.rad2deg(folded[big]), np.rad2deg(folded[big] + gaps[big])
         raise ValueError(
             f"angles do not cover 180°: no projection between {lo:.2f}° and {hi:.2f}° "
             f"(mod 180°), a {np.rad2deg(gaps[big]):.2f}° gap; largest gap allowed "
-            f"{np.rad2deg(limit):.2f}°. A parallel-beam scan needs a half turn."
+            f"{np.rad2deg(limit):.2f}°. A parallel-beam scan needs a half turn "
+            f"(allow_missing_wedge=True reconstructs a partial scan as a preview)."
         )
     return theta
 
@@ -188,6 +208,11 @@ def _check_options(algorithm, kwargs):
             raise ValueError(f"eps must be in [1e-5, 1e-1] (float32 NUFFT); got {opts['eps']!r}")
         if opts["pad_mode"] not in ("edge", "zero"):
             raise ValueError(f"pad_mode must be 'edge' or 'zero'; got {opts['pad_mode']!r}")
+    if algorithm == "cgls":
+        if int(opts["n_iter"]) != opts["n_iter"] or opts["n_iter"] < 1:
+            raise ValueError(f"n_iter must be an integer >= 1; got {opts['n_iter']!r}")
+        if not 1e-6 <= float(opts["eps"]) <= 1e-1:
+            raise ValueError(f"eps must be in [1e-6, 1e-1]; got {opts['eps']!r}")
     return backend, opts
 
 
@@ -222,7 +247,7 @@ def _row_chunker(tomo, stats):
 
 
 def reconstruct(tomo, theta, center=None, *, algorithm: str = "nufft", ncore: int | None = None,
-                **kwargs) -> np.ndarray:
+                allow_missing_wedge: bool = False, **kwargs) -> np.ndarray:
     """Reconstruct slices from parallel-beam projections (tomopy's ``recon`` conventions).
 
     Parameters
@@ -241,11 +266,18 @@ def reconstruct(tomo, theta, center=None, *, algorithm: str = "nufft", ncore: in
         Detector column of the rotation axis, pixel-index units (``0 <= center <=
         nx − 1``). Default ``nx / 2`` (tomopy's default; skimage's ``radon`` axis).
     algorithm : str, optional
-        ``'nufft'`` (default; NUFFT gridding on ducc0, installed with txm-live),
-        ``'dfi'`` / ``'fbp'`` (algotom), ``'gridrec'`` (tomopy, conda only). See
-        :func:`reconstruction_backends` for each one's options and availability.
+        ``'nufft'`` (default; filtered backprojection by NUFFT gridding on ducc0,
+        installed with txm-live), ``'cgls'`` (least squares on NUFFT projectors, for
+        few-angle scans), ``'dfi'`` / ``'fbp'`` (algotom), ``'gridrec'`` (tomopy, conda
+        only). See :func:`reconstruction_backends` for each one's options and
+        availability.
     ncore : int, optional
         Threads; default all CPUs this process may use.
+    allow_missing_wedge : bool, optional
+        Reconstruct even when the angles do not cover a half turn (a live preview from
+        the projections received so far): no error, and the missing wedge counts as one
+        median angle step in the weights (``angle_weights(wedge_gap_rad=...)``) so the
+        angles at its edges do not stand in for it. The slice has limited-angle streaks.
     **kwargs
         Backend options, checked against the backend's list. ``'nufft'``:
         ``filter_name`` ('hann' (default, as algotom's), 'parzen' (smoothest), 'hamming',
@@ -254,7 +286,8 @@ def reconstruct(tomo, theta, center=None, *, algorithm: str = "nufft", ncore: in
         ~1e-3 of the slice, far below the noise of measured data; NRMSE against the truth
         is the same to four digits as with 1e-5),
         ``pad_mode`` ('edge' (default) or 'zero': how projections are extended beyond the
-        detector before filtering).
+        detector before filtering). ``'cgls'``: ``n_iter`` (default 10; stopping early
+        is its regularization), ``eps`` (default 1e-4).
 
     Returns
     -------
@@ -294,12 +327,13 @@ def reconstruct(tomo, theta, center=None, *, algorithm: str = "nufft", ncore: in
     if nx < 2 or ny < 1:
         raise ValueError(f"tomo has an empty detector: shape {tuple(arr.shape)}")
     backend, opts = _check_options(algorithm, kwargs)
-    theta = _check_angles(theta, n_angles)
+    theta = _check_angles(theta, n_angles, allow_missing_wedge=allow_missing_wedge)
     center = _check_center(center, nx)
     ncore = _ncore(ncore)
+    wedge = _gap_limit(_folded_gaps(theta)[1]) if allow_missing_wedge else None
     out = np.empty((ny, nx, nx), np.float32)
     stats = {"n_filled": 0}
-    backend.func(arr, theta, angle_weights(theta), center, out, ncore=ncore,
+    backend.func(arr, theta, angle_weights(theta, wedge_gap_rad=wedge), center, out, ncore=ncore,
                  row_chunks=_row_chunker(arr, stats), **opts)
     if stats["n_filled"]:
         warnings.warn(f"{stats['n_filled']} non-finite absorbance pixels replaced by "
