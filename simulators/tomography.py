@@ -3,7 +3,9 @@
 Mirrors FXI's ``fly_scan``: darks with the shutter closed, then projections while the
 sample rotates (``'fly'``: continuous rotation, one frame per exposure, the angle of each
 frame taken at mid-exposure from the stage's trajectory; ``'step'``: move, settle,
-expose), then flats with the sample moved out (before, after or both).
+expose), then flats with the sample moved out (before, after or both). A fly-scan
+frame is rendered at its mid-exposure angle (no motion blur: at FXI's 3°/s and 0.05 s
+the sample turns 0.15° per frame, 0.2 px at the edge of a 128-px field of view).
 
 Geometry and the reconstruction frame
 -------------------------------------

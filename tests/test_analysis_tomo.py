@@ -208,6 +208,7 @@ def test_algotom_fbp_backend_same_geometry(shepp):
         ({"filter": "hann"}, TypeError, r"does not take \['filter'\]; its options are"),
         ({"filter_name": "hanning"}, ValueError, r"filter_name must be one of"),
         ({"eps": 1.0}, ValueError, r"eps must be in"),
+        ({"filter_cutoff": 0.0}, ValueError, r"filter_cutoff must be in \(0, 1\]"),
         ({"algorithm": "dfi", "eps": 1e-3}, TypeError, r"'dfi' does not take \['eps'\]"),
         ({"center": 130.0}, ValueError, r"center 130.0 is outside the detector"),
         ({"center": -1.0}, ValueError, r"outside the detector: expected 0 <= center <= 127"),

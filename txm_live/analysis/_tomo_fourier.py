@@ -54,13 +54,14 @@ def _window(nu, filter_name):
     raise ValueError(f"filter_name must be one of {FILTER_NAMES}; got {filter_name!r}")
 
 
-def ramp_filter(n_pad: int, filter_name: str = "ramlak") -> np.ndarray:
+def ramp_filter(n_pad: int, filter_name: str = "ramlak", cutoff: float = 1.0) -> np.ndarray:
     """Discrete ramp filter times a smoothing window, in FFT order, (n_pad,) float64.
 
     The ramp is the DFT of the band-limited spatial kernel ``h[0] = 1/4``,
     ``h[n odd] = −1/(π n)²``, ``h[n even] = 0`` (Kak & Slaney, ch. 3), not ``|k|``
     sampled directly: its zero-frequency value is not 0, which avoids the DC shift
-    ("cupping") of a naively sampled ramp.
+    ("cupping") of a naively sampled ramp. ``cutoff`` (0 < cutoff ≤ 1) stretches the
+    window to end at ``cutoff`` × Nyquist (zero above), like tomopy's ``filter_par``.
     """
     n = np.arange(n_pad)
     n = np.minimum(n, n_pad - n)  # circular distance
@@ -69,8 +70,8 @@ def ramp_filter(n_pad: int, filter_name: str = "ramlak") -> np.ndarray:
     odd = n % 2 == 1
     h[odd] = -1.0 / (np.pi * n[odd]) ** 2
     ramp = np.real(np.fft.fft(h))
-    nu = np.abs(np.fft.fftfreq(n_pad))
-    return ramp * _window(nu, filter_name)
+    nu = np.abs(np.fft.fftfreq(n_pad)) / float(cutoff)
+    return ramp * np.where(nu <= 0.5, _window(np.minimum(nu, 0.5), filter_name), 0.0)
 
 
 class FourierBackprojector:
@@ -91,14 +92,14 @@ class FourierBackprojector:
         See :func:`nufft_backend`.
     """
 
-    def __init__(self, theta, weights, nx, *, ncore, filter_name="hann", eps=1e-2,
-                 pad_mode="edge"):
+    def __init__(self, theta, weights, nx, *, ncore, filter_name="hann", filter_cutoff=1.0,
+                 eps=1e-2, pad_mode="edge"):
         import ducc0  # noqa: PLC0415  (imported when the backend is used)
 
         self.nx, self.ncore, self.pad_mode = int(nx), int(ncore), pad_mode
         self.n_pad = sfft.next_fast_len(2 * self.nx)
         self.pad_left = (self.n_pad - self.nx) // 2
-        self.filt = ramp_filter(self.n_pad, filter_name).astype(np.float32)
+        self.filt = ramp_filter(self.n_pad, filter_name, filter_cutoff).astype(np.float32)
         # frequencies in FFT order (0 … nx/2 − 1, −nx/2 … −1): no fftshift per call
         k = np.fft.fftfreq(self.nx, 1.0 / self.nx)
         self._k = k
@@ -159,7 +160,7 @@ class FourierBackprojector:
 
 
 def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
-                  filter_name="hann", eps=1e-2, pad_mode="edge"):
+                  filter_name="hann", filter_cutoff=1.0, eps=1e-2, pad_mode="edge"):
     """Reconstruct every row of ``tomo`` into ``out`` (see module docstring).
 
     Parameters
@@ -179,13 +180,16 @@ def nufft_backend(tomo, theta, weights, center, out, *, ncore, row_chunks,
         float32 rows ``tomo[:, r0:r1, :]``.
     filter_name : {'ramlak', 'shepp', 'cosine', 'hamming', 'hann', 'parzen'}
         Smoothing window of the ramp filter.
+    filter_cutoff : float
+        Where the window reaches zero, fraction of Nyquist (0 < cutoff ≤ 1).
     eps : float
         NUFFT relative accuracy (float32 arithmetic: 1e-5 … 1e-1).
     pad_mode : {'edge', 'zero'}
         How projections are extended beyond the detector before filtering.
     """
     bp = FourierBackprojector(theta, weights, tomo.shape[2], ncore=ncore,
-                              filter_name=filter_name, eps=eps, pad_mode=pad_mode)
+                              filter_name=filter_name, filter_cutoff=filter_cutoff, eps=eps,
+                              pad_mode=pad_mode)
     slab = np.empty((CHUNK_ROWS // 2, bp.nx, bp.nx), np.complex64)
     for r0, r1, block in row_chunks(CHUNK_ROWS):
         q = bp.filtered(block)
