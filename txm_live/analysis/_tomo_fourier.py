@@ -30,10 +30,11 @@ __all__ = ["nufft_backend", "FourierBackprojector", "FILTER_NAMES", "ramp_filter
 #: Smoothing windows of the ramp filter (tomopy's gridrec names where they overlap).
 FILTER_NAMES = ("ramlak", "shepp", "cosine", "hamming", "hann", "parzen")
 
-#: Rows (two per complex sinogram) processed per FFT/NUFFT batch: bounds working memory
-#: to about ``CHUNK_ROWS / 2 * n_angles * 2 nx`` complex64 values (≈ 100 MB at 1500
-#: angles, 2048 wide) while keeping the NUFFT plan busy.
-CHUNK_ROWS = 4
+#: Rows (two per complex sinogram) processed per FFT/NUFFT batch. Working memory beyond
+#: input and output: one padded complex sinogram pair (n_angles × 2 nx complex64, 49 MB
+#: at 1500 angles × 2048), its windowed spectrum (half that) and the NUFFT's oversampled
+#: grid (~(2 nx)² complex64) — independent of the number of rows.
+CHUNK_ROWS = 2
 
 
 def _window(nu, filter_name):
@@ -96,6 +97,7 @@ class FourierBackprojector:
                  eps=1e-2, pad_mode="edge"):
         import ducc0  # noqa: PLC0415  (imported when the backend is used)
 
+        self._fft = ducc0.fft.c2c
         self.nx, self.ncore, self.pad_mode = int(nx), int(ncore), pad_mode
         self.n_pad = sfft.next_fast_len(2 * self.nx)
         self.pad_left = (self.n_pad - self.nx) // 2
@@ -132,9 +134,11 @@ class FourierBackprojector:
         else:
             z[:, :, :pl] = 0.0
             z[:, :, pl + nx :] = 0.0
-        spec = sfft.fft(z, axis=-1, workers=self.ncore, overwrite_x=True)
-        spec *= self.filt
-        return sfft.ifft(spec, axis=-1, workers=self.ncore, overwrite_x=True)
+        # in place: the padded pair is the only sinogram-sized buffer
+        self._fft(z, axes=(2,), forward=True, out=z, nthreads=self.ncore)
+        z *= self.filt
+        self._fft(z, axes=(2,), forward=False, inorm=2, out=z, nthreads=self.ncore)
+        return z
 
     def backproject(self, q, center, out=None) -> np.ndarray:
         """Slices from :meth:`filtered` output for one ``center``.
@@ -146,12 +150,14 @@ class FourierBackprojector:
         nx = self.nx
         win_start = int(round(center)) + self.pad_left - nx // 2
         delta = center + self.pad_left - win_start
-        spectra = sfft.fft(q[:, :, win_start : win_start + nx], axis=-1, workers=self.ncore)
+        spectra = self._fft(q[:, :, win_start : win_start + nx], axes=(2,), forward=True,
+                            nthreads=self.ncore)
         phase = np.exp(2j * np.pi * self._k * delta / nx)
         if nx % 2 == 0:
             # the unpaired Nyquist term would leak one packed row into the other
             phase[nx // 2] = 0.0
-        spectra *= np.multiply.outer(self._weight, phase.astype(np.complex64))
+        spectra *= phase.astype(np.complex64)
+        spectra *= self._weight[:, None]
         n_pairs = q.shape[0]
         if out is None:
             out = np.empty((n_pairs, nx, nx), np.complex64)
