@@ -20,6 +20,7 @@ test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # the peers measured side by side
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
