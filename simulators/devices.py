@@ -20,7 +20,8 @@ from ophyd.sim import SynAxis
 from ophyd.status import DeviceStatus
 
 from txm_live.devices.energy import FocusTrackingMixin
-from txm_live.devices.potentiostat import CRateSignal, ElapseSignal, check_mode
+from txm_live.devices.potentiostat import CRateSignal, ElapseSignal
+from txm_live.devices.potentiostat_protocol import check_mode
 from txm_live.devices.shutter import SoftShutter
 
 from .electrochem import CellControl, OperandoSample

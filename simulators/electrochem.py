@@ -63,11 +63,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from txm_live.devices.potentiostat_protocol import (
+    CONTROL_MODES,
+    FAULT_CODES,
+    LIMIT_ACTIONS,
+    current_from_c_rate_a,
+)
+
 from .phantom import NMCPhantom
 
 __all__ = [
     "CONTROL_MODES", "FAULT_CODES", "CellControl", "CellParameters", "CellState", "NMCCell",
-    "OperandoSample", "nmc811_ocv_slope_v_per_soc", "nmc811_ocv_v",
+    "OperandoSample", "ParticleProperties", "nmc811_ocv_slope_v_per_soc", "nmc811_ocv_v",
 ]
 
 #: Li stoichiometry of the positive electrode at SOC 0 and SOC 1 (Chen et al. 2020 cell).
@@ -75,12 +82,7 @@ STOICHIOMETRY_DISCHARGED = 0.9084
 STOICHIOMETRY_CHARGED = 0.2661
 #: Coulombs per mAh.
 COULOMB_PER_MAH = 3.6
-#: Control modes of the cell (and of every potentiostat device of txm-live).
-CONTROL_MODES = ("rest", "cc", "cv")
-#: What a CC step does when it reaches its voltage cutoff.
-LIMIT_ACTIONS = ("rest", "cv")
-#: Fault codes: 0 none, 1 voltage compliance, 2 current compliance, 3 cell disconnected.
-FAULT_CODES = {0: "ok", 1: "voltage compliance", 2: "current compliance", 3: "cell disconnected"}
+#: Fault codes (:data:`FAULT_CODES`): voltage compliance, current compliance, disconnected.
 FAULT_VOLTAGE, FAULT_CURRENT, FAULT_DISCONNECTED = 1, 2, 3
 #: Faults the simulation can inject.
 INJECTABLE_FAULTS = ("disconnect", "high_impedance")
@@ -299,6 +301,33 @@ class CellState:
         return FAULT_CODES[self.fault]
 
 
+@dataclass(frozen=True)
+class ParticleProperties:
+    """Fixed properties of the visible particles (ground truth), arrays of (n_visible,).
+
+    Attributes
+    ----------
+    radius_um : ndarray
+    contact, surface : ndarray
+        Contact and reactive-surface factors (log-normal around 1).
+    kinetic_time_s : ndarray
+        ``q/g`` of each particle, s per volt per unit SOC (inf for inactive ones).
+    diffusion_time_s : ndarray
+        ``R² / (15 D)``, s.
+    capacity_mah : ndarray
+        Charge the particle holds from SOC 0 to 1, mAh.
+    inactive : ndarray of bool
+    """
+
+    radius_um: np.ndarray
+    contact: np.ndarray
+    surface: np.ndarray
+    kinetic_time_s: np.ndarray
+    diffusion_time_s: np.ndarray
+    capacity_mah: np.ndarray
+    inactive: np.ndarray
+
+
 @dataclass
 class _Particles:
     """Per-particle constants and state of the whole electrode (visible first)."""
@@ -309,6 +338,8 @@ class _Particles:
     diffusion_time_s: np.ndarray
     inactive: np.ndarray
     soc: np.ndarray
+    contact: np.ndarray
+    surface: np.ndarray
     surface_lead: np.ndarray = field(default=None)  # surface SOC − mean SOC
 
     def __post_init__(self):
@@ -397,7 +428,7 @@ class NMCCell:
         conductance = np.where(dead, 0.0, charge_c / kinetic_s)  # A per V (1 V per unit SOC)
         return _Particles(radius_um=radius, charge_c=charge_c, conductance_a_per_v=conductance,
                           diffusion_time_s=radius**2 / (15.0 * p.diffusion_um2_per_s),
-                          inactive=dead, soc=np.full(n, soc0))
+                          inactive=dead, soc=np.full(n, soc0), contact=contact, surface=surface)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -410,7 +441,7 @@ class NMCCell:
 
     def c_rate_current_a(self, c_rate: float) -> float:
         """The current (A) of ``c_rate`` for this cell's nominal capacity (> 0 charges)."""
-        return float(c_rate) * self.params.nominal_capacity_mah * 1e-3
+        return current_from_c_rate_a(c_rate, self.params.nominal_capacity_mah)
 
     def state(self) -> CellState:
         """The present :class:`CellState` (copies; changing them changes nothing)."""
@@ -428,6 +459,18 @@ class NMCCell:
             counted_soc=self._initial_soc + self._capacity_c / q_total,
             particle_soc=parts.soc[:nv].copy(), particle_surface_soc=parts.surface_soc()[:nv],
             inactive=parts.inactive[:nv].copy(),
+        )
+
+    def particle_properties(self) -> ParticleProperties:
+        """The visible particles' fixed properties (copies)."""
+        parts, nv = self._particles, self.n_visible
+        with np.errstate(divide="ignore"):
+            kinetic = parts.charge_c[:nv] / parts.conductance_a_per_v[:nv]
+        return ParticleProperties(
+            radius_um=parts.radius_um[:nv].copy(), contact=parts.contact[:nv].copy(),
+            surface=parts.surface[:nv].copy(), kinetic_time_s=kinetic,
+            diffusion_time_s=parts.diffusion_time_s[:nv].copy(),
+            capacity_mah=parts.charge_c[:nv] / COULOMB_PER_MAH, inactive=parts.inactive[:nv].copy(),
         )
 
     def add_observer(self, callback) -> None:
@@ -494,7 +537,8 @@ class NMCCell:
             self._resistance_factor = HIGH_IMPEDANCE_FACTOR
             self.events.append((self._time_s, "high_impedance", self._resistance_factor))
             self._refresh_readings()
-            self._notify()
+            if not self._check_compliance():  # a current step overloads at once
+                self._notify()
 
     def _set_fault(self, code: int) -> None:
         self._fault = code
@@ -662,12 +706,13 @@ class NMCCell:
                 self._control = replace(c, mode="cv", voltage_v=hold, current_limit_a=abs(c.current_a))
             else:
                 self._control = replace(c, mode="rest")
-                self._current_a = 0.0
+            self._refresh_readings()
             return True
         if c.mode == "cv" and c.end_current_a > 0 and abs(i) < c.end_current_a:
             self._limit_reached = True
             self.events.append((self._time_s, "end_current", i))
             self._control = replace(c, mode="rest")
+            self._refresh_readings()
             return True
         return False
 

@@ -82,28 +82,22 @@ from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.signal import DerivedSignal
 from ophyd.status import DeviceStatus
 
+from .potentiostat_protocol import (
+    CONTROL_MODES,
+    FAULT_CODES,
+    LIMIT_ACTIONS,
+    MAH_PER_AH,
+    POTENTIOSTAT_COMPONENTS,
+    check_mode,
+    current_from_c_rate_a,
+)
+
 __all__ = [
-    "CONTROL_MODES", "EpicsPotentiostat", "ElapseSignal", "FAULT_CODES", "LIMIT_ACTIONS",
-    "POTENTIOSTAT_COMPONENTS", "CRateSignal", "check_potentiostat", "make_epics_potentiostat",
+    "CONTROL_MODES", "CRateSignal", "EpicsPotentiostat", "ElapseSignal", "FAULT_CODES",
+    "LIMIT_ACTIONS", "MAH_PER_AH", "POTENTIOSTAT_COMPONENTS", "check_mode", "check_potentiostat",
+    "make_epics_potentiostat",
 ]
 
-#: Modes a potentiostat step can run in.
-CONTROL_MODES = ("rest", "cc", "cv")
-#: What a CC step does at its voltage cutoff.
-LIMIT_ACTIONS = ("rest", "cv")
-#: Meaning of the ``fault`` readback.
-FAULT_CODES = {0: "ok", 1: "voltage compliance", 2: "current compliance", 3: "cell disconnected"}
-#: Component names every potentiostat device has (the protocol above).
-POTENTIOSTAT_COMPONENTS = {
-    "settings": ("current_setpoint_a", "c_rate", "voltage_setpoint_v", "voltage_max_v",
-                 "voltage_min_v", "current_limit_a", "end_current_a", "on_limit",
-                 "nominal_capacity_mah"),
-    "readbacks": ("mode", "voltage_v", "current_a", "capacity_mah", "time_s", "step_time_s",
-                  "limit_reached", "fault", "fault_message"),
-    "commands": ("elapse", "clear_fault"),
-}
-#: Milliamp-hours per amp-hour (C-rate × mAh / 1000 = A).
-_MAH_PER_AH = 1000.0
 
 
 def check_potentiostat(device) -> None:
@@ -115,13 +109,6 @@ def check_potentiostat(device) -> None:
                         f"protocol: missing {missing}")
 
 
-def check_mode(name: str, value) -> str:
-    """``value`` if it is one of :data:`CONTROL_MODES`, else a ``ValueError`` naming them."""
-    if value not in CONTROL_MODES:
-        raise ValueError(f"{name}: mode must be one of {CONTROL_MODES}, got {value!r}")
-    return value
-
-
 class CRateSignal(DerivedSignal):
     """C-rate view of the current setpoint: ``current_a = c_rate · nominal_capacity_mah / 1000``.
 
@@ -129,22 +116,15 @@ class CRateSignal(DerivedSignal):
     says what 1C is.
     """
 
-    def _nominal_mah(self) -> float:
-        capacity = float(self.parent.nominal_capacity_mah.get())
-        if not capacity > 0:
-            raise ValueError(f"{self.parent.name}.nominal_capacity_mah must be > 0 to use a C-rate, "
-                             f"got {capacity}")
-        return capacity
-
     def forward(self, value):
         """C-rate → current setpoint, A."""
         if not math.isfinite(float(value)):
             raise ValueError(f"{self.name}: the C-rate must be finite, got {value}")
-        return float(value) * self._nominal_mah() / _MAH_PER_AH
+        return current_from_c_rate_a(value, float(self.parent.nominal_capacity_mah.get()))
 
     def inverse(self, value):
         """Current setpoint (A) → C-rate."""
-        return float(value) * _MAH_PER_AH / self._nominal_mah()
+        return float(value) / current_from_c_rate_a(1.0, float(self.parent.nominal_capacity_mah.get()))
 
 
 class ElapseSignal(Signal):
