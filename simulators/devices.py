@@ -268,6 +268,12 @@ class _SimClearFault(Signal):
             self.parent._clear_fault()
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
 def _setting(value, kind="config") -> Cpt:
     return Cpt(Signal, value=value, kind=kind)
 
@@ -334,7 +340,8 @@ class SimPotentiostat(Device):
             self.fault: int(state.fault), self.fault_message: state.fault_message,
         }
         for signal, value in values.items():
-            Signal.put(signal, value, force=True)
+            if not _same(signal.get(), value):  # subscribers (suspenders) hear changes only
+                Signal.put(signal, value, force=True)
 
     def sync(self):
         """Bring the cell to the clock's present time; returns its :class:`CellState`."""
