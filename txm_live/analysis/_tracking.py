@@ -106,8 +106,9 @@ class ParticleTracker:
         Pairs that overlap less than this (intersection over union) are matched on
         distance alone. Default 0.1.
     max_missing : int, optional
-        A track not seen for more than this many measurements ends; until then it can
-        be found again by distance to its predicted position. Default 3.
+        A track missing from up to this many consecutive measurements can be found again
+        (by distance to its position predicted from the drift); after that it ends.
+        Default 3.
 
     Notes
     -----
@@ -211,8 +212,9 @@ class ParticleTracker:
         parents = self._fragments(track_ids, overlap, cur)
         matched_prev = set(int(t) for t in self._prev_tracks[rows])
         lost = tuple(int(t) for t in self._prev_tracks if int(t) not in matched_prev)
-        self._age_missing(drift, prev, lost)
+        self._add_missing(drift, prev, lost)
         refound = self._refind(track_ids, cur)
+        self._age_missing()
         unmatched = np.flatnonzero(track_ids == 0)
         track_ids[unmatched] = self._new_ids(unmatched.size)
         return TrackingStep(
@@ -261,18 +263,22 @@ class ParticleTracker:
                 track_ids[k] = new
         return parents
 
-    def _age_missing(self, drift, prev, lost) -> None:
-        """Move missing tracks with the drift, add the newly lost, end the long-missing."""
+    def _add_missing(self, drift, prev, lost) -> None:
+        """Move missing tracks with the drift and add the ones lost in this measurement."""
         for entry in self._missing.values():
             entry.centroid_px = entry.centroid_px + drift
-            entry.missed += 1
         index = {int(t): k for k, t in enumerate(self._prev_tracks)}
         for track in lost:
             k = index[track]
             self._missing[track] = _Missing(prev.centroid_px[k] + drift,
-                                            float(prev.equivalent_radius_px[k]), 1)
-        for track in [t for t, e in self._missing.items() if e.missed > self.max_missing]:
-            del self._missing[track]
+                                            float(prev.equivalent_radius_px[k]), 0)
+
+    def _age_missing(self) -> None:
+        """Count one more measurement without each missing track; end the long-missing."""
+        for track in list(self._missing):
+            self._missing[track].missed += 1
+            if self._missing[track].missed > self.max_missing:
+                del self._missing[track]
 
     def _refind(self, track_ids, cur) -> tuple:
         """Match still-unmatched labels against missing tracks by distance."""
