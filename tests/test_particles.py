@@ -8,6 +8,9 @@ whitelines and closed forms.
 """
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
+from skimage.segmentation import relabel_sequential, watershed
 
 from simulators.phantom import NMCPhantom, Particle, Void, make_nmc_phantom
 from simulators.spectra import NiXanesModel
@@ -74,6 +77,19 @@ def test_watershed_separates_touching_particles(seed):
     merged = segment_particles(edge, watershed_split=False)
     assert matched_fraction(truth, merged.labels) < 0.75
     assert merged.n_particles < found.n_particles - 5  # 29 vs 38, 27 vs 39 (truth 40)
+
+
+def test_markers_found_per_component_equal_skimage_on_the_whole_map():
+    """The per-component h-maxima (for speed) give scikit-image's whole-map segmentation."""
+    phantom = make_nmc_phantom(n_particles=40, radius_range_um=(1.5, 3.0), seed=3, edge_margin_um=-0.6)
+    edge, _ = edge_map(phantom, seed=3)
+    found = segment_particles(edge)
+    mask = ndi.binary_fill_holes(ndi.gaussian_filter(edge, 1.0) > found.threshold)
+    distance = ndi.distance_transform_edt(mask)
+    reference = watershed(-distance, ndi.label(h_maxima(distance, 1.5))[0], mask=mask)
+    area = np.bincount(reference.ravel())
+    reference[area[reference] < 12] = 0
+    np.testing.assert_array_equal(found.labels, relabel_sequential(reference)[0])
 
 
 def test_segmentation_geometry_is_each_labels_own():
