@@ -195,7 +195,8 @@ class CellParameters:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"CellParameters.{name} must be finite and >= 0, got {value}")
         if not 0.0 <= self.inactive_fraction < 1.0:
-            raise ValueError(f"CellParameters.inactive_fraction must be in [0, 1), got {self.inactive_fraction}")
+            raise ValueError("CellParameters.inactive_fraction must be in [0, 1), got "
+                             f"{self.inactive_fraction}")
         if int(self.n_hidden) < 0:
             raise ValueError(f"CellParameters.n_hidden must be >= 0, got {self.n_hidden}")
 
@@ -385,7 +386,8 @@ class NMCCell:
         if not 0.0 <= float(initial_soc) <= 1.0:
             raise ValueError(f"initial_soc must be in [0, 1], got {initial_soc}")
         self.n_visible = radii.size
-        self._particles = self._draw_particles(radii, inactive, float(initial_soc), np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        self._particles = self._draw_particles(radii, inactive, float(initial_soc), rng)
         self._initial_soc = float(initial_soc)
         self._time_s = self._step_start_s = float(start_time_s)
         self._capacity_c = self._step_start_c = 0.0
@@ -659,7 +661,8 @@ class NMCCell:
             if v_e is None or not leaving.any():
                 return particle_i, current, v_e
             fixed |= leaving
-            fixed_i[leaving] = (np.clip(new_soc[leaving], 0.0, 1.0) - parts.soc[leaving]) * parts.charge_c[leaving] / dt_s
+            to_bound = np.clip(new_soc[leaving], 0.0, 1.0) - parts.soc[leaving]
+            fixed_i[leaving] = to_bound * parts.charge_c[leaving] / dt_s
 
     def _step(self, dt_s: float) -> bool:
         """One implicit step of ``dt_s``; returns True when the step (protocol) ended."""

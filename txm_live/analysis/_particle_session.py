@@ -253,7 +253,8 @@ class OperandoSession:
         """
         edge = _as_map(edge_jump, "edge_jump")
         if np.shape(whiteline_ev) != edge.shape:
-            raise ValueError(f"whiteline_ev {np.shape(whiteline_ev)} and edge_jump {edge.shape} differ in shape")
+            raise ValueError(f"whiteline_ev {np.shape(whiteline_ev)} and edge_jump {edge.shape} "
+                             "differ in shape")
         labels, problem = self._segment(edge)
         step = self.tracker.update(labels, edge)
         stats = particle_statistics(labels, whiteline_ev, edge_ev=edge_ev, valid=valid,
@@ -263,7 +264,8 @@ class OperandoSession:
                            stats.centroid_px[:, 1]])
         self._rows.append((step.track_ids.copy(), values))
         self._parents.update(step.parents)
-        means = _weighted_mean_std(np.stack([stats.whiteline_ev, stats.edge_ev]), np.stack([stats.weight] * 2))[0]
+        energies = np.stack([stats.whiteline_ev, stats.edge_ev])
+        means = _weighted_mean_std(energies, np.stack([stats.weight] * 2))[0]
         summary = MeasurementSummary(
             index=len(self.measurements), time_s=float(time_s), cell_soc=float(cell_soc),
             voltage_v=float(voltage_v), n_particles=labels.n_particles, drift_px=step.drift_px,
