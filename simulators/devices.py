@@ -24,7 +24,7 @@ from txm_live.devices.potentiostat import CRateSignal, ElapseSignal
 from txm_live.devices.potentiostat_protocol import check_mode
 from txm_live.devices.shutter import SoftShutter
 
-from .electrochem import CellControl, OperandoSample
+from .electrochem import CellControl, NMCCell, OperandoSample
 from .frame_writer import FRAME_TYPES, HDF5FrameFile
 from .timing import SimClock
 
@@ -392,3 +392,31 @@ class SimPotentiostat(Device):
     def sample_source(self, base, *, soc_tolerance: float = 0.005) -> OperandoSample:
         """A ``SimTXM.sample_source`` showing ``base``'s particles in this cell's state."""
         return OperandoSample(self.cell, base, soc_tolerance=soc_tolerance)
+
+
+def make_sim_potentiostat(model, clock: SimClock, *, params=None, inactive=None, initial_soc=0.0,
+                          seed=0, soc_tolerance=0.005, name="pstat") -> SimPotentiostat:
+    """A simulated potentiostat on a cell made of ``model``'s sample, feeding it back.
+
+    The cell's visible particles are the phantom's (``model.sample``); the microscope then
+    shows them in the cell's state at every frame (``model.sample_source``).
+
+    Parameters
+    ----------
+    model : SimTXM
+        The simulated microscope (e.g. ``make_sim_beamline(...).model``).
+    clock : SimClock
+        The beamline's clock; the cell starts at its present time.
+    params, inactive, initial_soc, seed
+        Passed to :class:`simulators.electrochem.NMCCell`.
+    soc_tolerance : float
+        See :class:`simulators.electrochem.OperandoSample`.
+    name : str
+        Device name (the profile's ``pstat``).
+    """
+    base = model.sample
+    cell = NMCCell.from_phantom(base, params=params, inactive=inactive, initial_soc=initial_soc,
+                                seed=seed, start_time_s=clock.now())
+    device = SimPotentiostat(name=name, cell=cell, clock=clock)
+    model.sample_source = device.sample_source(base, soc_tolerance=soc_tolerance)
+    return device
