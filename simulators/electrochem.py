@@ -37,6 +37,9 @@ cathode's potential vs Li/Li⁺):
   distributions, so the global SOC is the electrode's, not the field of view's.
 
 Sign: current > 0 charges the cathode (delithiation, SOC and Ni oxidation state rise).
+Faults (:data:`FAULT_CODES`): a terminal voltage beyond the instrument's compliance (a
+current step into a dried, high-impedance cell), a CV step at the compliance current, or
+a disconnected cell; each turns the output off (rest) until cleared.
 Charge counting: ``capacity_mah`` is the net charge passed (charge positive); with
 ``nominal_capacity_mah`` the capacity of all particles, the counted SOC equals the
 capacity-weighted mean particle SOC exactly (no side reactions).
@@ -217,7 +220,9 @@ class CellControl:
         CC cutoffs: a charge ends at ``voltage_max_v``, a discharge at ``voltage_min_v``
         (the step's ``limit_reached`` becomes True and ``on_limit`` follows).
     current_limit_a : float
-        CV: the current is held within ±this (and within the instrument's compliance).
+        CV: the current is held within ±this. Without a limit inside the instrument's
+        compliance, a CV step that needs the compliance current is a current-compliance
+        fault (as a real instrument overloads).
     end_current_a : float
         CV: the step ends (→ rest, ``limit_reached``) once |I| falls below this; 0 = never.
     on_limit : {'rest', 'cv'}
