@@ -313,3 +313,17 @@ def test_session_memory_does_not_grow_with_image_size():
     assert n == sum(m.n_particles for m in large.measurements) == 60
     assert small.nbytes == n * 8 * 9  # a track id and eight float64 numbers per particle
     assert large.nbytes == small.nbytes  # 4× the pixels, the same memory
+
+
+def test_session_hands_out_its_latest_labels_and_tracks():
+    phantom = make_nmc_phantom(n_particles=8, seed=5)
+    session = OperandoSession()
+    assert session.latest_labels is None
+    identities = []
+    for k in range(2):
+        edge, truth = edge_map(phantom, shift_px=(3 * k, 0.0), seed=k)
+        session.add(edge, np.full(SHAPE, 8342.0))
+        labels = segment_particles(edge).labels
+        identities.append(dict(zip(truth_of_labels(truth, labels).tolist(), session.track_ids_of(k).tolist())))
+    np.testing.assert_array_equal(session.latest_labels.labels, labels)
+    assert identities[0] == identities[1] and len(identities[1]) == 8  # same particle, same track

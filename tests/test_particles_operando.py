@@ -111,7 +111,7 @@ def _session(measurements, **kwargs):
 
 def _truth_of_labels(m):
     """Truth particle (0-based, -1 none) of each label the session found in ``m``."""
-    labels = segment_particles(m.edge_jump).labels  # deterministic: the session's labels
+    labels = segment_particles(m.edge_jump).labels  # deterministic: the session's own labels
     out = []
     for j in range(1, int(labels.max()) + 1):
         counts = np.bincount(m.truth_labels[labels == j], minlength=int(m.truth_labels.max()) + 1)
@@ -132,7 +132,7 @@ def _identity_score(session, measurements):
     correct = total = 0
     for k, m in enumerate(measurements):
         seen_here = set()
-        for track, particle in zip(session._rows[k][0].tolist(), _truth_of_labels(m).tolist()):
+        for track, particle in zip(session.track_ids_of(k).tolist(), _truth_of_labels(m).tolist()):
             if particle < 0 or particle in seen_here:
                 continue  # background, or a second piece of an over-split particle
             seen_here.add(particle)
@@ -149,7 +149,7 @@ def _per_particle(session, measurements):
     stats = session.statistics()
     est, true, index = [], [], []
     for k, m in enumerate(measurements):
-        tracks = session._rows[k][0]
+        tracks = session.track_ids_of(k)
         particles = _truth_of_labels(m)
         soc = stats.soc[k, np.searchsorted(stats.track_ids, tracks)]
         keep = (particles >= 0) & np.isfinite(soc)
@@ -229,7 +229,7 @@ def test_inactive_particles_are_flagged(measurements, electrode):
     stats = session.statistics()
     first = {}
     for k, m in enumerate(data):
-        for track, particle in zip(session._rows[k][0].tolist(), _truth_of_labels(m).tolist()):
+        for track, particle in zip(session.track_ids_of(k).tolist(), _truth_of_labels(m).tolist()):
             first.setdefault(track, particle)
     flagged = {first[t] for t, flag in zip(stats.track_ids.tolist(), stats.inactive) if flag}
     truly = set(np.flatnonzero(inactive).tolist())

@@ -216,6 +216,15 @@ class OperandoSession:
                                                          "energy_soc1_ev": cal.energy_soc1_ev}}
 
     @property
+    def latest_labels(self) -> ParticleLabels | None:
+        """The particles of the last measurement (for outlines in a preview); None before any."""
+        return self.tracker.latest_labels
+
+    def track_ids_of(self, index: int) -> np.ndarray:
+        """Track of each label (``[k]`` is label ``k + 1``) of measurement ``index`` (a copy)."""
+        return self._rows[index][0].copy()
+
+    @property
     def nbytes(self) -> int:
         """Bytes held for the time series (per-particle rows; the tracker's two images not counted)."""
         return sum(ids.nbytes + values.nbytes for ids, values in self._rows)

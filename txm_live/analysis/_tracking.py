@@ -143,6 +143,11 @@ class ParticleTracker:
         self.cumulative_drift_px = np.zeros(2)
 
     @property
+    def latest_labels(self) -> ParticleLabels | None:
+        """The particles of the last map given to :meth:`update` (None before the first)."""
+        return self._prev
+
+    @property
     def params(self) -> dict:
         return {"register": self.register, "max_distance_px": self.max_distance_px,
                 "min_iou": self.min_iou, "max_missing": self.max_missing}
