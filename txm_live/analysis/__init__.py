@@ -1,5 +1,6 @@
 """Pure numerical analysis for TXM data: flat/dark correction, registration,
-per-pixel XANES fitting, linear combination fitting and tomography.
+per-pixel XANES fitting, linear combination fitting, tomography, and particles in
+chemical maps (segmentation, tracking, per-particle state of charge, operando sessions).
 
 No bluesky, ophyd, event-model, tiled or h5py here: a user with arrays from
 any source (an FXI HDF5 file, a replayed run) calls these directly.
@@ -7,6 +8,8 @@ any source (an FXI HDF5 file, a replayed run) calls these directly.
 
 from ._flatdark import FlatDarkWarning, flat_dark_correct, remove_zingers
 from ._lcf import LcfResult, fit_lcf, xanes_mask
+from ._particle_session import MeasurementSummary, OperandoSession, SessionStatistics
+from ._particles import ParticleLabels, ParticleStatistics, SocCalibration, particle_statistics, segment_particles
 from ._registration import AlignmentResult, StackAligner, align_stack, apply_shifts, estimate_shift
 from ._tomo import (
     MIN_ANGLES,
@@ -24,6 +27,7 @@ from ._tomo_prep import (
     remove_outliers,
     remove_stripes,
 )
+from ._tracking import ParticleTracker, TrackingStep
 from ._validate import XanesInputWarning
 from ._xanes import STATUS_CODES, XanesResult, find_e0, fit_xanes, normalization_parameters
 
@@ -33,9 +37,17 @@ __all__ = [
     "FlatDarkWarning",
     "LcfResult",
     "MIN_ANGLES",
+    "MeasurementSummary",
+    "OperandoSession",
+    "ParticleLabels",
+    "ParticleStatistics",
+    "ParticleTracker",
     "STATUS_CODES",
+    "SessionStatistics",
+    "SocCalibration",
     "StackAligner",
     "TomoInputWarning",
+    "TrackingStep",
     "XanesInputWarning",
     "XanesResult",
     "align_stack",
@@ -53,11 +65,13 @@ __all__ = [
     "fov_radius_px",
     "normalization_parameters",
     "normalize_projections",
+    "particle_statistics",
     "reconstruct",
     "reconstruction_backends",
     "remove_outliers",
     "remove_stripes",
     "remove_zingers",
+    "segment_particles",
     "slice_entropy",
     "xanes_mask",
 ]
