@@ -29,6 +29,7 @@ shell: $(STAMP)
 	TXM_LIVE_DATA="$$data" TXM_LIVE_DEVICES=$${TXM_LIVE_DEVICES:-sim} $(BIN)/ipython --profile-dir=profile_collection $(IPYTHON_ARGS)
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # the peers measured side by side
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -5,8 +5,9 @@ What it does, in order:
 1. starts the embedded Tiled server (catalog in ``OUTPUT/tiled``, detector files in
    ``OUTPUT/frames``) and subscribes the Tiled writer and the live analysis to a RunEngine;
 2. runs ``xanes_2d`` on the simulated TXM (a charged NMC electrode at the Ni K edge);
-3. exports the stored run in FXI's HDF5 layout and runs the batch analysis on it
-   (``txm-live analyze``: the same pipeline as the live analysis, so the same maps);
+3. exports the stored run in FXI's HDF5 layout (``txm-live export``, raw frames kept in
+   ``/txm_live/raw``) and runs the batch analysis on it (``txm-live analyze``: the same
+   pipeline as the live analysis, so the same maps);
 4. compares the maps with the live ones and with the simulator's truth, and leaves PNG
    previews in ``OUTPUT/previews`` (estimate and truth on one colour scale, error map).
 
@@ -95,36 +96,11 @@ def _scan(session: _Session, bl, args) -> str:
     return uid
 
 
-def _frames_by_label(stream, n_energies: int, frame_type: str) -> np.ndarray:
-    """One frame per energy index from a stored stream, chosen by the frames' labels.
-
-    A frame re-taken after a pause appears twice; the later row wins (the analysis' rule).
-    """
-    table = stream.base["internal"].read()
-    images = stream["txm_det_image"].read()
-    rows = {}
-    for row, (kind, index, repeat) in enumerate(zip(table["frame_type"], table["frame_energy_index"],
-                                                    table["frame_repeat"])):
-        if kind == frame_type and repeat == 0:
-            rows[int(index)] = row
-    if sorted(rows) != list(range(n_energies)):
-        raise ValueError(f"the stored {frame_type} frames cover energy indices {sorted(rows)[:5]}..., "
-                         f"not 0..{n_energies - 1}")
-    return images[[rows[i] for i in range(n_energies)]]
-
-
 def _export_fxi(session: _Session, uid: str) -> Path:
-    """The stored run in FXI's layout: one sample frame and one flat per energy, the darks."""
-    from .io.fxi import write_fxi_xanes
+    """The stored run in FXI's layout (``txm-live export``), raw frames kept in ``/txm_live/raw``."""
+    from .export import export_run
 
-    run = session.server.client()[uid]
-    start = run.metadata["start"]
-    energies = np.asarray(start["energies_ev"], dtype=float)
-    return write_fxi_xanes(
-        session.out / f"xanes_{uid[:8]}.h5", _frames_by_label(run["primary"], energies.size, "sample"), energies,
-        flats=_frames_by_label(run["flat"], energies.size, "flat"), darks=run["dark"]["txm_det_image"].read(),
-        magnification=start["magnification"], pixel_size_nm=start["pixel_size_nm"],
-    )
+    return export_run(session.server.client(), uid, session.out, with_raw=True, overwrite=True)
 
 
 def _live_maps(session: _Session, uid: str) -> dict:
