@@ -37,8 +37,8 @@ from simulators.electrochem import CellControl, NMCCell, OperandoSample
 from simulators.model import SimConfig, SimTXM
 from simulators.phantom import make_nmc_phantom
 from simulators.stacks import simulate_xanes_stack
-from txm_live.analysis import (
 from txm_live.energies import xanes_energy_list
+from txm_live.analysis import (
     OperandoSession,
     ParticleTracker,
     align_stack,
