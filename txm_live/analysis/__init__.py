@@ -32,6 +32,7 @@ from ._tomo import (
     reconstruction_backends,
 )
 from ._tomo_center import CenterSweep, center_sweep, find_center, slice_entropy
+from ._tomo_pipeline import ProjectionAbsorbance, TomoPipeline, TomoSlice, TomoVolume
 from ._tomo_prep import (
     correct_jitter,
     estimate_jitter,
@@ -78,6 +79,7 @@ __all__ = [
     "ParticleTracker",
     "passed_peak_ev",
     "peak_whiteline_map",
+    "ProjectionAbsorbance",
     "reconstruct",
     "reconstruction_backends",
     "remove_outliers",
@@ -91,6 +93,9 @@ __all__ = [
     "StackAligner",
     "STATUS_CODES",
     "TomoInputWarning",
+    "TomoPipeline",
+    "TomoSlice",
+    "TomoVolume",
     "TrackingStep",
     "transmission_to_absorbance",
     "Xanes2DPipeline",

@@ -91,6 +91,12 @@ class PngPreview:
         File name without suffix, e.g. ``'<raw uid[:8]>_xanes2d'``.
     min_interval_s : float
         Least time between two PNGs of a scan in progress.
+
+    Attributes
+    ----------
+    render : callable ``(state, path)``
+        Draws a state into a PNG; the 2D XANES figure by default (an analysis with other
+        state keys sets its own, e.g. :func:`txm_live.callbacks.tomo.render_tomo_preview`).
     """
 
     def __init__(self, directory=None, *, name: str = "xanes2d", min_interval_s: float = 2.0):
@@ -103,6 +109,7 @@ class PngPreview:
         self.state: dict = {}
         self.paths: list[Path] = []
         self._lock = threading.Lock()
+        self.render = _render
 
     def update(self, state: dict, *, final: bool = False) -> None:
         now = time.monotonic()
@@ -112,7 +119,7 @@ class PngPreview:
             return
         self._last = now
         path = self.directory / f"{self.name}.png"
-        _render(state, path)
+        self.render(state, path)
         if path not in self.paths:
             self.paths.append(path)
 
