@@ -139,9 +139,15 @@ class SafeTiledWriter:
     and routes the rest of the run to ``backup_directory`` as JSON lines (its backup
     callback); anything it raises all the same is logged and kept in :attr:`failures`.
     Either way the scan and its raw files carry on untouched (``tests/test_store.py``).
+
+    ``analysis_batch_size`` (default: ``batch_size``) applies to analysis runs (start
+    documents with a ``parent_uid``), written by a second TiledWriter on the same thread
+    (one writer thread per store: the embedded SQLite catalog answers concurrent writers
+    with HTTP 500s): raw events may be batched for speed while a live preview slice or
+    map still reaches Tiled as soon as it is emitted (``analysis_batch_size=1``).
     """
 
-    def __init__(self, client, *, backup_directory=None, batch_size: int = 1):
+    def __init__(self, client, *, backup_directory=None, batch_size: int = 1, analysis_batch_size: int | None = None):
         import queue
         import threading
 
@@ -150,11 +156,12 @@ class SafeTiledWriter:
         self.backup_directory = Path(backup_directory) if backup_directory else None
         if self.backup_directory is not None:
             self.backup_directory.mkdir(parents=True, exist_ok=True)
-        self._writer = TiledWriter(
-            client,
-            batch_size=batch_size,
-            backup_directory=str(self.backup_directory) if self.backup_directory else None,
-        )
+        backup = str(self.backup_directory) if self.backup_directory else None
+        self._writer = TiledWriter(client, batch_size=batch_size, backup_directory=backup)
+        self._analysis_writer = (self._writer if analysis_batch_size in (None, batch_size) else
+                                 TiledWriter(client, batch_size=analysis_batch_size, backup_directory=backup))
+        self._analysis_runs: set[str] = set()  # start uids of analysis runs
+        self._descriptor_runs: dict[str, str] = {}  # descriptor uid -> start uid
         self.failures: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="tiled-writer", daemon=True)
@@ -169,13 +176,27 @@ class SafeTiledWriter:
             name, doc = self._queue.get()
             try:
                 if name is not None:
-                    self._writer(name, doc)
+                    self._route(name, doc)(name, doc)
             except Exception as exc:  # a storage failure must never reach the RunEngine
                 message = f"Tiled writer failed on {name!r} document: {exc!r}"
                 self.failures.append(message)
                 logger.error(message)
             finally:
                 self._queue.task_done()
+
+    def _route(self, name, doc):
+        """The TiledWriter for this document's run (documents name their run's start uid)."""
+        if self._analysis_writer is self._writer:
+            return self._writer
+        if name == "start":
+            if doc.get("parent_uid"):
+                self._analysis_runs.add(doc["uid"])
+            run = doc["uid"]
+        else:
+            run = doc.get("run_start") or self._descriptor_runs.get(doc.get("descriptor"))
+        if name == "descriptor":
+            self._descriptor_runs[doc["uid"]] = doc["run_start"]
+        return self._analysis_writer if run in self._analysis_runs else self._writer
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every queued document is written; False if ``timeout`` (s) ran out."""
@@ -189,8 +210,10 @@ class SafeTiledWriter:
         return True
 
 
-def subscribe_tiled_writer(RE, client, *, backup_directory=None, batch_size: int = 1) -> SafeTiledWriter:
+def subscribe_tiled_writer(RE, client, *, backup_directory=None, batch_size: int = 1,
+                           analysis_batch_size: int | None = None) -> SafeTiledWriter:
     """Subscribe a :class:`SafeTiledWriter` for ``client`` to the RunEngine ``RE``."""
-    writer = SafeTiledWriter(client, backup_directory=backup_directory, batch_size=batch_size)
+    writer = SafeTiledWriter(client, backup_directory=backup_directory, batch_size=batch_size,
+                             analysis_batch_size=analysis_batch_size)
     writer.token = RE.subscribe(writer)
     return writer

@@ -20,9 +20,11 @@ runs give the same volume:
 
 Previews (:class:`TomoSlice`): every ``preview_every`` projections (counted, not timed)
 the slice of detector row ``preview_row`` is reconstructed from the projections so far
-(a partial turn: ``allow_missing_wedge``), with the centre from the sinogram's centre of
-mass (``c + X cos θ + Z sin θ`` fitted to its column, once the angles span
-``COM_MIN_SPAN_DEG``; the detector centre before that) unless ``center_px`` is given.
+(a partial turn: ``allow_missing_wedge``), with ``center_px`` when given, else the centre
+from opposite projections of the preview rows once the scan has them (the first step of
+:func:`find_center`), else from the sinogram's centre of mass (``c + X cos θ + Z sin θ``
+fitted to its column, once the angles span ``COM_MIN_SPAN_DEG``), else the detector
+centre.
 Before any flat has arrived (FXI takes its flats after the rotation), a preview uses each
 pixel's brightest dark-subtracted value so far as its flat, and says so
 (``TomoSlice.flat_source``).
@@ -43,7 +45,7 @@ from scipy import ndimage
 
 from ._pipeline import FrameLabel
 from ._tomo import MIN_ANGLES, TomoInputWarning, _check_angles, reconstruct, reconstruction_backends
-from ._tomo_center import find_center
+from ._tomo_center import _pair_center, find_center
 from ._tomo_prep import remove_outliers, remove_stripes
 
 __all__ = ["ProjectionAbsorbance", "TomoPipeline", "TomoSlice", "TomoVolume"]
@@ -69,7 +71,8 @@ class TomoSlice:
     center_px : float
         Centre used, detector column.
     center_method : str
-        'given', 'center_of_mass', 'detector_centre' (previews) or 'find_center'.
+        'given', 'opposite_projections', 'center_of_mass', 'detector_centre' (previews)
+        or 'find_center'.
     n_projections : int
         Projections it was reconstructed from.
     final : bool
@@ -402,7 +405,8 @@ class TomoPipeline:
         """Absorbance sinogram ``(n_projections, nx)`` of one detector row so far (index
         order), float32; with the brightest value so far as the flat when no flat has
         arrived. Needs the dark."""
-        return self._preview_rows(self._row() if row is None else int(row))[0][:, 0]
+        absorb, k, _ = self._preview_rows(self._row() if row is None else int(row))
+        return absorb[:, k]
 
     def _preview_rows(self, row: int):
         if self._dark is None:
@@ -416,12 +420,18 @@ class TomoPipeline:
         else:  # stand-in: each pixel's brightest value so far (a preview only)
             flats, source = raw.max(axis=0, keepdims=True), "brightest_so_far"
         absorb = _absorbance(raw, flats, dark[None], zinger_sigma=self.zinger_sigma, clean_frames=False)
-        return absorb[:, row - h0 : row - h0 + 1], source
+        return absorb, row - h0, source
 
-    def _preview_center(self, sino, theta) -> tuple[float, str]:
+    def _preview_center(self, rows, theta) -> tuple[float, str]:
+        """Centre of a preview: given; else from opposite projections of the preview rows
+        (once the scan has them); else the sinogram's centre of mass; else the detector's."""
+        sino = rows[:, rows.shape[1] // 2]
         nx = sino.shape[-1]
         if self.center_px is not None:
             return self.center_px, "given"
+        pair = _pair_center(rows, theta)
+        if pair is not None and 0.0 <= pair <= nx - 1:
+            return pair, "opposite_projections"
         span = np.rad2deg(np.ptp(theta)) if theta.size else 0.0
         if span >= COM_MIN_SPAN_DEG:
             w = np.maximum(np.nan_to_num(sino), 0.0)
@@ -441,12 +451,12 @@ class TomoPipeline:
         if self._dark is None or self.n_projections < MIN_ANGLES:
             return None
         row = self._row()
-        rows, source = self._preview_rows(row)
+        rows, k, source = self._preview_rows(row)
         theta = self.theta_rad
-        center, method = self._preview_center(rows[:, 0], theta)
+        center, method = self._preview_center(np.nan_to_num(rows), theta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TomoInputWarning)  # invalid pixels: a preview
-            image = reconstruct(rows, theta, center, algorithm=self.algorithm, ncore=self.ncore,
+            image = reconstruct(rows[:, k : k + 1], theta, center, algorithm=self.algorithm, ncore=self.ncore,
                                 allow_missing_wedge=True, **self.algorithm_options)[0]
         return TomoSlice(row=row, image=image, center_px=center, center_method=method,
                          n_projections=self.n_projections, final=False, flat_source=source)

@@ -13,11 +13,12 @@ worker thread. It does document bookkeeping and emission only; the numbers come 
   projections so far; it goes out at once as a row of the ``slice`` stream, so it is in
   Tiled while the scan still runs;
 * at the raw run's stop document the pipeline finds the centre and reconstructs the
-  volume (on the worker thread), emitted as the ``volume`` stream: one event per detector
-  row (field ``attenuation``, ``(nx, nx)``, sent in pages of ``VOLUME_PAGE_ROWS``), so
-  Tiled stores it chunked by slice and ``run['volume']['attenuation'].read()`` is the
-  ``(ny, nx, nx)`` volume; the ``reconstruction`` stream holds the centre, the angles
-  and the parameters, and ``status`` what happened.
+  volume (on the worker thread), emitted as the ``volume`` stream in slabs of
+  ``VOLUME_SLAB_ROWS`` detector rows (field ``attenuation``, ``(VOLUME_SLAB_ROWS, nx,
+  nx)``, the last slab NaN-padded; ``row_start``, ``n_rows``): Tiled stores it chunked,
+  one HTTP write per slab, and :func:`read_volume` gives back the ``(ny, nx, nx)``
+  volume; the ``reconstruction`` stream holds the centre, the angles and the
+  parameters, and ``status`` what happened.
 
 Replaying the raw run from Tiled gives the same volume: the pipeline decides everything
 from labels (projection index, dark/flat numbers), never from arrival order.
@@ -39,16 +40,19 @@ from ._frames import FrameReader
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TomoAnalysis", "TOMO_ANALYSIS_NAME", "VOLUME_PAGE_ROWS"]
+__all__ = ["TomoAnalysis", "TOMO_ANALYSIS_NAME", "VOLUME_SLAB_ROWS", "read_volume"]
 
 TOMO_ANALYSIS_NAME = "tomo_live"
 TOMO_ANALYSIS_VERSION = 1
-#: Volume slices sent per event page (each Tiled write is an HTTP round trip).
-VOLUME_PAGE_ROWS = 16
+#: Detector rows (volume slices) per event of the ``volume`` stream (each Tiled write is
+#: an HTTP round trip; 16 slices of 1024² are 64 MB).
+VOLUME_SLAB_ROWS = 16
 #: Event key of the projection angle when the start document names none.
 DEFAULT_THETA_KEY = "theta_rad"
 #: Axes of a slice (``reconstruct``'s geometry: z against the beam at θ = 0, x along columns).
 SLICE_DIMS = ("z", "x")
+#: Axes of a volume slab: detector rows (y), then a slice's.
+SLAB_DIMS = ("y", "z", "x")
 
 _STATUS_KEYS = {"raw_exit_status": scalar_key("string"), "raw_reason": scalar_key("string"),
                 "partial": scalar_key("boolean"), "failed": scalar_key("boolean"),
@@ -206,12 +210,14 @@ class TomoAnalysis(event_model.DocumentRouter):
         self.run.event("reconstruction", {"center_px": result.center_px, "center_method": result.center_method,
                                           "n_projections": int(result.theta_rad.size),
                                           "theta_rad": result.theta_rad, "notes": "\n".join(result.notes)})
-        self.run.describe("volume", {"attenuation": array_key((nx, nx), dims=SLICE_DIMS),
-                                     "row": scalar_key("integer")})
-        for r0 in range(0, ny, VOLUME_PAGE_ROWS):
-            for row in range(r0, min(ny, r0 + VOLUME_PAGE_ROWS)):
-                self.run.event("volume", {"attenuation": result.volume[row], "row": row}, buffered=True)
-            self.run.flush()
+        self.run.describe("volume", {"attenuation": array_key((VOLUME_SLAB_ROWS, nx, nx), dims=SLAB_DIMS),
+                                     "row_start": scalar_key("integer"), "n_rows": scalar_key("integer"),
+                                     "ny": scalar_key("integer")})
+        for r0 in range(0, ny, VOLUME_SLAB_ROWS):
+            slab = np.full((VOLUME_SLAB_ROWS, nx, nx), np.nan, np.float32)
+            n_rows = min(ny, r0 + VOLUME_SLAB_ROWS) - r0
+            slab[:n_rows] = result.volume[r0 : r0 + n_rows]
+            self.run.event("volume", {"attenuation": slab, "row_start": r0, "n_rows": n_rows, "ny": ny})
 
     # ---- previews -----------------------------------------------------------------------
     def preview_state(self, *, final: bool = False) -> dict:
@@ -293,6 +299,23 @@ class TomoAnalysis(event_model.DocumentRouter):
         if self.pipeline is not None:
             self.pipeline.release()
             self.pipeline.volume = None
+
+
+def read_volume(run) -> np.ndarray:
+    """The ``(ny, nx, nx)`` float32 volume of a stored tomography analysis run.
+
+    ``run`` is the analysis run (a Tiled ``BlueskyRun`` client); its ``volume`` stream's
+    slabs are put back in row order and the padding dropped.
+    """
+    stream = run["volume"]
+    slabs = np.asarray(stream["attenuation"].read(), np.float32)
+    starts = np.asarray(stream["row_start"].read(), int)
+    n_rows = np.asarray(stream["n_rows"].read(), int)
+    ny = int(np.asarray(stream["ny"].read())[0])
+    volume = np.empty((ny, *slabs.shape[-2:]), np.float32)
+    for slab, r0, n in zip(slabs, starts, n_rows):
+        volume[r0 : r0 + n] = slab[:n]
+    return volume
 
 
 def render_tomo_preview(state: dict, path) -> None:
