@@ -41,7 +41,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from ._pipeline import FrameLabel
 from ._tomo import MIN_ANGLES, TomoInputWarning, _check_angles, reconstruct, reconstruction_backends
@@ -190,6 +189,26 @@ class ProjectionAbsorbance:
         return block
 
 
+#: Compare-exchange pairs of a 9-element median network (Paeth; Devillard's ``opt_med9``):
+#: after them, element 4 is the median.
+_MEDIAN9_NETWORK = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8),
+                    (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def _median3x3(image):
+    """3×3 median of the last two axes, edges repeating the border (``scipy.ndimage.
+    median_filter(size=3, mode='nearest')``, to the bit), by a 19-step compare-exchange
+    network on shifted copies: vectorized, ~10× faster than the generic filter at 1024²."""
+    a = np.asarray(image)
+    pad = [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)]
+    padded = np.pad(a, pad, mode="edge")
+    ny, nx = a.shape[-2:]
+    v = [padded[..., i : i + ny, j : j + nx] for i in range(3) for j in range(3)]
+    for i, j in _MEDIAN9_NETWORK:
+        v[i], v[j] = np.minimum(v[i], v[j]), np.maximum(v[i], v[j])
+    return v[4]
+
+
 def _zingers_removed(frame, dark, sigma):
     """``frame`` with pixels deviating from their 3×3 median by more than ``sigma``
     Poisson standard deviations (``sqrt(|median − dark| + 1)``) replaced by that median;
@@ -197,8 +216,7 @@ def _zingers_removed(frame, dark, sigma):
     axes the image; edges repeat the border). Keeps the dtype: the median of integer
     counts is one of them."""
     frame = np.asarray(frame)
-    size = (1,) * (frame.ndim - 2) + (3, 3)
-    med = ndimage.median_filter(frame, size=size, mode="nearest")
+    med = _median3x3(frame)
     med_f = med.astype(np.float32)
     sig = np.sqrt(np.abs(med_f - dark) + 1.0)
     bad = np.abs(frame.astype(np.float32) - med_f) > sigma * sig
