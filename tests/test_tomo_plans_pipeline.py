@@ -15,7 +15,8 @@ from simulators.beamline import make_sim_beamline
 from simulators.model import SimConfig
 from simulators.tomography import make_tomo_sim
 from txm_live.analysis import FrameLabel, TomoPipeline
-from txm_live.callbacks import LiveAnalysis
+from txm_live.callbacks import LiveAnalysis, subscribe_live_analysis
+from txm_live.store import subscribe_tiled_writer
 from txm_live.plans import tomo_fly, tomo_step
 
 NX = 32
@@ -55,7 +56,20 @@ def test_fly_arguments_are_checked_before_anything_moves(RE, bl, kwargs, message
     assert docs == [] and bl.sample_stage.r.position == 0.0 and bl.clock.now() == 0.0
 
 
-def test_step_scan_angles_are_the_stage_readbacks_at_rest(RE, bl):
+def test_step_scan_angles_are_the_stage_readbacks_at_rest(RE, tiled_server, monkeypatch):
+    """A step scan's angles, and a failure injected into the live analysis's volume step:
+    the scan and the raw run carry on, the analysis run says what failed."""
+    import txm_live.analysis._tomo_pipeline as tomo_pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected centre failure")
+
+    monkeypatch.setattr(tomo_pipeline, "find_center", broken)
+    sim = make_tomo_sim(SimConfig(shape=(64, 64), seed=4, rotation_axis_offset_um=1.0))
+    bl = make_sim_beamline(tiled_server.frames_dir, model=sim, energy_ev=8400.0)
+    client = tiled_server.client()
+    writer = subscribe_tiled_writer(RE, client, batch_size=100, analysis_batch_size=1)
+    live = subscribe_live_analysis(RE, client, writer=writer, preview_every=9)
     docs = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     (uid,) = RE(tomo_step(bl.detector, bl.sample_stage.r, shutter=bl.shutter, sample_stage=bl.sample_stage,
@@ -72,6 +86,13 @@ def test_step_scan_angles_are_the_stage_readbacks_at_rest(RE, bl):
     flats = [d for n, d in docs if n == "event" and d["data"].get("frame_type") == "flat"]
     assert [f["data"]["frame_repeat"] for f in flats] == [0, 1]  # before and after: numbered on
     assert bl.sample_stage.r.position == 0.0  # back where it started
+    assert live.wait(120) and writer.flush(120)
+    assert client[uid].metadata["stop"]["exit_status"] == "success"
+    (analysis_uid,) = live.analysis_uids[uid]
+    analysis = client[analysis_uid]
+    stop = analysis.metadata["stop"]
+    assert stop["exit_status"] == "fail" and "volume: RuntimeError: injected centre failure" in stop["reason"]
+    assert len(analysis["slice"]["final"].read()) == 1  # the preview made during the scan is kept
 
 
 # ---- the pipeline on small synthetic frames ---------------------------------------------
