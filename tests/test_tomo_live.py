@@ -10,6 +10,7 @@ is in Tiled before the raw run's stop document reaches the analysis; replay from
 """
 from __future__ import annotations
 
+import argparse
 import warnings
 
 import numpy as np
@@ -179,7 +180,7 @@ def test_analyze_an_exported_fly_scan_gives_the_live_volume(fly, tmp_path, capsy
     import h5py
 
     path = export_run(fly["client"], fly["uid"], tmp_path)
-    args = add_analyze_arguments(__import__("argparse").ArgumentParser()).parse_args(
+    args = add_analyze_arguments(argparse.ArgumentParser()).parse_args(
         [str(path), "--no-progress", "-o", str(tmp_path / "out")])
     assert run_analyze(args) == 0
     out = capsys.readouterr().out
