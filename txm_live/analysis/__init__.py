@@ -26,6 +26,13 @@ from ._tomo_prep import (
 )
 from ._validate import XanesInputWarning
 from ._xanes import STATUS_CODES, XanesResult, find_e0, fit_xanes, normalization_parameters
+from ._xanes3d_register import (
+    ProjectionDrift,
+    estimate_projection_drift,
+    register_volumes,
+    shift_rows,
+)
+from ._xanes_sampled import XanesSampler, fit_xanes_sampled
 
 __all__ = [
     "AlignmentResult",
@@ -33,31 +40,37 @@ __all__ = [
     "FlatDarkWarning",
     "LcfResult",
     "MIN_ANGLES",
+    "ProjectionDrift",
     "STATUS_CODES",
     "StackAligner",
     "TomoInputWarning",
     "XanesInputWarning",
     "XanesResult",
+    "XanesSampler",
     "align_stack",
     "angle_weights",
     "apply_shifts",
     "center_sweep",
     "correct_jitter",
     "estimate_jitter",
+    "estimate_projection_drift",
     "estimate_shift",
     "find_center",
     "find_e0",
     "fit_lcf",
     "fit_xanes",
+    "fit_xanes_sampled",
     "flat_dark_correct",
     "fov_radius_px",
     "normalization_parameters",
     "normalize_projections",
     "reconstruct",
     "reconstruction_backends",
+    "register_volumes",
     "remove_outliers",
     "remove_stripes",
     "remove_zingers",
+    "shift_rows",
     "slice_entropy",
     "xanes_mask",
 ]
