@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._registration import estimate_shift
+from ._tomo import _fill_nonfinite
 
 __all__ = ["ProjectionDrift", "estimate_projection_drift", "register_volumes", "shift_rows",
            "DRIFT_PAIRS"]
@@ -136,16 +137,19 @@ def shift_rows(tomo, dy_px: float, *, order: int = 3) -> np.ndarray:
     """Projections moved by ``dy_px`` detector rows (cubic spline), a new array.
 
     ``shift_rows(tomo, ProjectionDrift.shift_px[0])`` aligns the rows with the
-    reference's. Rows moved in from beyond the detector repeat the edge row. Keeps the
-    float precision (float32 unless float64).
+    reference's. Rows moved in from beyond the detector repeat the edge row. Non-finite
+    pixels (dead pixels after flat/dark correction) are first filled by interpolation
+    along their row, as :func:`reconstruct` does (a spline would spread them). Keeps
+    the float precision (float32 unless float64).
     """
     arr = np.asarray(tomo)
     if arr.ndim != 3:
         raise ValueError(f"tomo must be (n_angles, ny, nx); got shape {arr.shape}")
     dtype = np.float64 if arr.dtype == np.float64 else np.float32
-    arr = arr.astype(dtype, copy=False)
+    arr = arr.astype(dtype, copy=True)
+    _fill_nonfinite(arr)
     if dy_px == 0:
-        return arr.copy()
+        return arr
     out = np.empty_like(arr)
     for i in range(arr.shape[0]):  # one projection at a time: 2-D spline, bounded memory
         ndimage.shift(arr[i], (float(dy_px), 0.0), output=out[i], order=order, mode="nearest")
