@@ -1,4 +1,4 @@
-"""The ``txm-live`` command: ``demo``, ``serve``, ``analyze``, ``export``, ``replay``.
+"""The ``txm-live`` command: ``demo``, ``serve``, ``analyze``, ``analyze3d``, ``export``, ``replay``.
 
 Each sub-command lives in its own module; this file only parses and dispatches.
 """
@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="XANES maps from an FXI-style HDF5 file (HDF5 + PNG)")
     add_analyze_arguments(analyze)
     analyze.set_defaults(func=run_analyze)
+
+    from .pipelines.xanes3d_cli import add_analyze3d_arguments, run_analyze3d
+
+    analyze3d = sub.add_parser("analyze3d", help="3D XANES (FXI fly scans, one per energy) → per-voxel "
+                                                 "whiteline/edge volumes, in process or on Dask")
+    add_analyze3d_arguments(analyze3d)
+    analyze3d.set_defaults(func=run_analyze3d)
 
     from .export import add_export_arguments, run_export
 
