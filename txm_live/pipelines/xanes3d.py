@@ -24,13 +24,16 @@ in process, on a ``LocalCluster`` or a facility scheduler — the same numbers.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..analysis import (
+    ProjectionDrift,
     estimate_projection_drift,
     find_center,
     fit_xanes,
@@ -46,10 +49,11 @@ __all__ = ["EnergyReport", "WhitelinePreview", "Xanes3DFit", "Xanes3DPipeline",
            "process_reference", "process_energy", "fit_store", "run_xanes3d",
            "RECONSTRUCTION_DEFAULTS", "FIT_CHUNK_BYTES"]
 
-#: ``reconstruct`` options of the pipeline: 'parzen' gives the lowest per-voxel error on
-#: noisy 3D XANES projections (benchmarks/bench_xanes3d.py), where XANES needs SNR more
-#: than the last bit of resolution.
-RECONSTRUCTION_DEFAULTS = {"algorithm": "nufft", "filter_name": "parzen"}
+#: ``reconstruct`` options of the pipeline. Per-voxel XANES needs SNR more than the last
+#: bit of resolution: on the simulated 30-energy 128³ scan (90 angles, 6·10⁴-count flat)
+#: the whiteline's correlation with the true oxidation state is 0.90 with 'parzen' at
+#: full band, 0.916 at filter_cutoff 0.7 and 0.922 at 0.5 (RMS error 0.23 → 0.19 eV).
+RECONSTRUCTION_DEFAULTS = {"algorithm": "nufft", "filter_name": "parzen", "filter_cutoff": 0.5}
 #: Target size of one dask chunk of the fit (all energies × some slices), bytes: big
 #: enough that per-task overhead vanishes, small enough for a worker's memory.
 FIT_CHUNK_BYTES = 64 * 2**20
@@ -99,15 +103,33 @@ def _absorbance(scan, zinger_sigma):
     return normalize_projections(scan.projections, scan.flats, scan.darks, zinger_sigma=zinger_sigma)
 
 
+def _n_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _reconstruct_into(store: Xanes3DStore, index, tomo, theta, center, recon_options):
-    """Reconstruct slab by slab into ``volumes[index]`` and the sampler's row ``index``."""
+    """Reconstruct slab by slab into ``volumes[index]`` and the sampler's row ``index``.
+
+    Slabs are reconstructed on a thread pool, each with one thread (``ncore=1``): the
+    NUFFT backend's multithreaded spreading sums in a varying order (results differ in
+    the last bits from run to run), one thread per slab is reproducible, so live,
+    replay, batch and cluster runs give the same bits. Writes stay on this thread, a
+    few slabs in memory at a time.
+    """
     sampler = store.sampler()
     ny = tomo.shape[1]
-    for z0 in range(0, ny, store.slab):
-        z1 = min(ny, z0 + store.slab)
-        vol = reconstruct(tomo[:, z0:z1], theta, center, **recon_options)
-        store.volumes[index, z0:z1] = vol
-        sampler.add(index, vol, start=z0)
+    starts = list(range(0, ny, store.slab))
+    n_threads = _n_threads()
+
+    def one(z0):
+        return reconstruct(tomo[:, z0:min(ny, z0 + store.slab)], theta, center, ncore=1, **recon_options)
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        for wave in range(0, len(starts), n_threads):
+            batch = starts[wave:wave + n_threads]
+            for z0, vol in zip(batch, pool.map(one, batch)):
+                store.volumes[index, z0:z0 + vol.shape[0]] = vol
+                sampler.add(index, vol, start=z0)
 
 
 def process_reference(store_path, index: int, scan, *, center_px: float | None = None,
@@ -126,7 +148,8 @@ def process_reference(store_path, index: int, scan, *, center_px: float | None =
                            f"(index {store.reference().index})")
     absorb = _absorbance(scan, zinger_sigma)
     theta = np.asarray(scan.theta_rad, float)
-    center = float(find_center(absorb, theta)) if center_px is None else float(center_px)
+    # one thread: multithreaded NUFFT sums vary in the last bits, and so would the centre
+    center = float(find_center(absorb, theta, ncore=1)) if center_px is None else float(center_px)
     picks = np.unique(np.linspace(0, theta.size - 1, min(int(n_pairs), theta.size)).round().astype(int))
     store.set_reference(index, absorb[picks], theta[picks], center)
     _reconstruct_into(store, index, absorb, theta, center, {**RECONSTRUCTION_DEFAULTS, **(recon_options or {})})
@@ -137,11 +160,12 @@ def process_reference(store_path, index: int, scan, *, center_px: float | None =
 
 
 def process_energy(store_path, index: int, scan, *, zinger_sigma: float | None = ZINGER_SIGMA,
-                   recon_options: dict | None = None) -> EnergyReport:
+                   recon_options: dict | None = None, register: bool = True) -> EnergyReport:
     """Register ``scan`` to the store's reference energy and reconstruct it into the store.
 
     Runs anywhere the store's path is readable (a Dask worker): everything it needs is
-    in the store and in ``scan``.
+    in the store and in ``scan``. ``register=False`` reconstructs about the reference's
+    centre with no shift (a control: what the drift does to the chemistry).
     """
     t0 = time.perf_counter()
     store = Xanes3DStore.open(store_path)
@@ -150,7 +174,10 @@ def process_energy(store_path, index: int, scan, *, zinger_sigma: float | None =
         raise RuntimeError(f"{store_path} has no reference energy yet: process_reference first")
     absorb = _absorbance(scan, zinger_sigma)
     theta = np.asarray(scan.theta_rad, float)
-    drift = estimate_projection_drift(ref.projections, ref.theta_rad, absorb, theta)
+    if register:
+        drift = estimate_projection_drift(ref.projections, ref.theta_rad, absorb, theta)
+    else:
+        drift = ProjectionDrift(shift_px=(0.0, 0.0), spread_px=(np.nan, np.nan), n_pairs=0)
     dy, dx = drift.shift_px
     aligned = shift_rows(absorb, dy) if dy != 0 else absorb
     center = ref.center_px - dx
@@ -267,8 +294,9 @@ class Xanes3DPipeline:
     def create(cls, store_path, energies_ev, detector_shape, *, overwrite: bool = False,
                slab: int | None = None, attrs: dict | None = None, **kwargs) -> "Xanes3DPipeline":
         """A new store at ``store_path`` and its pipeline (``kwargs`` as for the class)."""
+        recon = {**RECONSTRUCTION_DEFAULTS, **(kwargs.get("recon_options") or {})}
         Xanes3DStore.create(store_path, energies_ev, detector_shape, overwrite=overwrite, slab=slab,
-                            attrs=attrs)
+                            attrs={"reconstruction": recon, "registration": "projections", **(attrs or {})})
         return cls(store_path, **kwargs)
 
     def add_scan(self, index: int, scan) -> EnergyReport:
@@ -279,6 +307,7 @@ class Xanes3DPipeline:
             raise IndexError(f"energy index {index} outside 0..{n - 1}")
         if int(index) in self.reports:
             raise ValueError(f"energy {index} was already processed")
+        self.store = Xanes3DStore.open(self.store_path)  # a fresh view: attrs may have changed
         if self.store.reference() is None:
             report = process_reference(self.store_path, int(index), scan, center_px=self.center_px,
                                        recon_options=self.recon_options)
@@ -331,14 +360,14 @@ def _reference_task(item, *, store_path, center_px, recon_options):
     return process_reference(store_path, index, _load(scan), center_px=center_px, recon_options=recon_options)
 
 
-def _energy_task(item, *, store_path, recon_options):
+def _energy_task(item, *, store_path, recon_options, register):
     index, scan = item
-    return process_energy(store_path, index, _load(scan), recon_options=recon_options)
+    return process_energy(store_path, index, _load(scan), recon_options=recon_options, register=register)
 
 
 def run_xanes3d(source, store_path, *, runner=None, center_px: float | None = None,
                 overwrite: bool = False, slab: int | None = None, recon_options: dict | None = None,
-                fit_options: dict | None = None) -> tuple:
+                fit_options: dict | None = None, register: bool = True) -> tuple:
     """The whole pipeline on a finished 3D XANES scan.
 
     Parameters
@@ -351,6 +380,8 @@ def run_xanes3d(source, store_path, *, runner=None, center_px: float | None = No
         Where the zarr store goes.
     runner : txm_live.scale.DaskRunner, optional
         Default in process. On a cluster every energy after the reference is one task.
+    register : bool
+        False: no registration between energies (a control).
 
     Returns
     -------
@@ -359,15 +390,17 @@ def run_xanes3d(source, store_path, *, runner=None, center_px: float | None = No
     from ..scale import dask_runner
 
     energies, det_shape, items = _scan_items(source)
-    Xanes3DStore.create(store_path, energies, det_shape, overwrite=overwrite, slab=slab,
-                        attrs={"source": str(getattr(source, "paths", [""])[0]) if hasattr(source, "paths") else ""})
+    attrs = {"reconstruction": {**RECONSTRUCTION_DEFAULTS, **(recon_options or {})},
+             "registration": "projections" if register else "none",
+             "source": [str(p) for p in getattr(source, "paths", [])]}
+    Xanes3DStore.create(store_path, energies, det_shape, overwrite=overwrite, slab=slab, attrs=attrs)
     own = runner is None
     runner = dask_runner("threads") if own else runner
     try:
         reports = runner.map(_reference_task, [(0, items[0])], store_path=str(store_path),
                              center_px=center_px, recon_options=recon_options)
         reports += runner.map(_energy_task, list(enumerate(items))[1:], store_path=str(store_path),
-                              recon_options=recon_options)
+                              recon_options=recon_options, register=register)
         fit = fit_store(store_path, runner=runner, **(fit_options or {}))
     finally:
         if own:

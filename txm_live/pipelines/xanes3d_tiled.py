@@ -69,7 +69,7 @@ def _start_metadata(store: Xanes3DStore, parent_uid, parent_start, extra):
         "analysis": ANALYSIS_NAME,
         "analysis_parameters": {
             "version": ANALYSIS_VERSION,
-            "registration": "projections to the reference energy (estimate_projection_drift)",
+            "registration": attrs.get("registration"),
             "reference_index": attrs.get("reference_index"),
             "reference_center_px": attrs.get("reference_center_px"),
             "reconstruction": attrs.get("reconstruction"),
