@@ -32,7 +32,7 @@ from ._xanes3d_register import (
     register_volumes,
     shift_rows,
 )
-from ._xanes_sampled import XanesSampler, fit_xanes_sampled
+from ._xanes_sampled import XanesSampler, fit_xanes_sampled, prepare_xanes_sampled
 
 __all__ = [
     "AlignmentResult",
@@ -64,6 +64,7 @@ __all__ = [
     "fov_radius_px",
     "normalization_parameters",
     "normalize_projections",
+    "prepare_xanes_sampled",
     "reconstruct",
     "reconstruction_backends",
     "register_volumes",

@@ -26,7 +26,7 @@ from ._xanes_plan import (
     sampled_rows,
 )
 
-__all__ = ["XanesSampler", "fit_xanes_sampled"]
+__all__ = ["XanesSampler", "fit_xanes_sampled", "prepare_xanes_sampled"]
 
 
 class XanesSampler:
@@ -164,6 +164,32 @@ class _Presampled:
         return self._source.frame_lines(frames)
 
 
+def prepare_xanes_sampled(stack, energies, sampler: XanesSampler, *, mask=None, **options):
+    """The global step of :func:`fit_xanes_sampled`.
+
+    Returns ``(plan, source, user_mask)``: ``plan.fit_block(block)`` fits any block
+    ``(n_energies, nz_part, ny, nx)`` of ``stack`` (all energies, any slices) exactly as
+    the whole fit does, for pipelines that load, fit and write each chunk in one task.
+    Arguments as for :func:`fit_xanes_sampled`; ``stack`` itself is read only if a
+    frame's sampled rows are all non-finite.
+    """
+    opts = XanesOptions(**options)
+    source = _resolve_stack(stack)
+    if tuple(source.spatial_shape) != sampler.spatial_shape or source.n_frames != sampler.n_frames:
+        raise ValueError(f"stack {(source.n_frames, *source.spatial_shape)} does not match the "
+                         f"sampler's {(sampler.n_frames, *sampler.spatial_shape)}")
+    if np.dtype(source.dtype) != sampler.dtype:
+        raise ValueError(f"stack dtype {source.dtype} differs from the sampler's {sampler.dtype}")
+    missing = sampler.missing()
+    if missing.size:
+        raise ValueError(f"the sampler has not seen frames {missing.tolist()} (or only part of them)")
+    user_mask = None if mask is None else np.asarray(mask, dtype=bool)
+    if user_mask is not None and user_mask.shape != tuple(source.spatial_shape):
+        raise ValueError(f"mask shape {user_mask.shape} does not match {tuple(source.spatial_shape)}")
+    plan = prepare_xanes(_Presampled(source, sampler), energies, opts, user_mask, stacklevel=4)
+    return plan, source, user_mask
+
+
 def fit_xanes_sampled(stack, energies, sampler: XanesSampler, *, mask=None, **options):
     """:func:`fit_xanes` of ``stack`` with the prepare step's reads from ``sampler``.
 
@@ -194,18 +220,5 @@ def fit_xanes_sampled(stack, energies, sampler: XanesSampler, *, mask=None, **op
     TypeError
         An option ``fit_xanes`` does not take.
     """
-    opts = XanesOptions(**options)
-    source = _resolve_stack(stack)
-    if tuple(source.spatial_shape) != sampler.spatial_shape or source.n_frames != sampler.n_frames:
-        raise ValueError(f"stack {(source.n_frames, *source.spatial_shape)} does not match the "
-                         f"sampler's {(sampler.n_frames, *sampler.spatial_shape)}")
-    if np.dtype(source.dtype) != sampler.dtype:
-        raise ValueError(f"stack dtype {source.dtype} differs from the sampler's {sampler.dtype}")
-    missing = sampler.missing()
-    if missing.size:
-        raise ValueError(f"the sampler has not seen frames {missing.tolist()} (or only part of them)")
-    user_mask = None if mask is None else np.asarray(mask, dtype=bool)
-    if user_mask is not None and user_mask.shape != tuple(source.spatial_shape):
-        raise ValueError(f"mask shape {user_mask.shape} does not match {tuple(source.spatial_shape)}")
-    plan = prepare_xanes(_Presampled(source, sampler), energies, opts, user_mask, stacklevel=3)
+    plan, source, user_mask = prepare_xanes_sampled(stack, energies, sampler, mask=mask, **options)
     return _result(plan, source.fit(plan, user_mask))

@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import (
+    STATUS_CODES,
     ProjectionDrift,
     estimate_projection_drift,
     find_center,
     fit_xanes,
-    fit_xanes_sampled,
     normalize_projections,
+    prepare_xanes_sampled,
     reconstruct,
     shift_rows,
 )
@@ -57,6 +58,8 @@ RECONSTRUCTION_DEFAULTS = {"algorithm": "nufft", "filter_name": "parzen", "filte
 #: Target size of one dask chunk of the fit (all energies × some slices), bytes: big
 #: enough that per-task overhead vanishes, small enough for a worker's memory.
 FIT_CHUNK_BYTES = 64 * 2**20
+#: Status code of a fitted voxel (``STATUS_CODES``).
+STATUS_OK = next(k for k, v in STATUS_CODES.items() if v == "ok")
 #: Zinger threshold (Poisson sigmas) of the projection normalization.
 ZINGER_SIGMA = 10.0
 
@@ -200,6 +203,17 @@ def _jsonable(value):
     return value
 
 
+def _fit_chunk(volumes, z0: int, z1: int, plan, targets) -> np.ndarray:
+    """One task: read slices ``z0:z1`` of every energy, fit them, write every map;
+    returns the status counts. Reading inside the task keeps the chunk out of the
+    scheduler's hands (nothing to hold, spill or move between workers)."""
+    maps = plan.fit_block(np.asarray(volumes[:, z0:z1]))
+    for name in plan.MAP_NAMES + ("status",):
+        targets[name][z0:z1] = maps[name]
+    targets["mask"][z0:z1] = maps["status"] == STATUS_OK
+    return np.bincount(maps["status"].ravel(), minlength=256)  # status is uint8
+
+
 def fit_store(store_path, *, runner=None, chunk_slices: int | None = None, **fit_options) -> Xanes3DFit:
     """Per-voxel XANES fit of a complete store, written to its ``results/`` arrays.
 
@@ -209,7 +223,9 @@ def fit_store(store_path, *, runner=None, chunk_slices: int | None = None, **fit
     runner : txm_live.scale.DaskRunner, optional
         Where the chunks are fitted; default in process (threads).
     chunk_slices : int, optional
-        Slices per dask chunk (all energies in each); default about ``FIT_CHUNK_BYTES``.
+        Slices per dask chunk (all energies in each); default whole on-disk slabs, about
+        ``FIT_CHUNK_BYTES`` (at least one slab). A chunk that cuts on-disk slabs reads
+        them more than once.
     **fit_options
         :func:`~txm_live.analysis.fit_xanes` options.
 
@@ -218,6 +234,7 @@ def fit_store(store_path, *, runner=None, chunk_slices: int | None = None, **fit
     ValueError
         Energies whose volume is missing (named).
     """
+    import dask
     import dask.array as da
 
     from ..scale import dask_runner
@@ -230,28 +247,30 @@ def fit_store(store_path, *, runner=None, chunk_slices: int | None = None, **fit
                          f"({store.energies_ev[missing].tolist()} eV)")
     n_e = store.n_energies
     nz, ny, nx = store.volume_shape
-    slab = chunk_slices or int(max(1, min(nz, FIT_CHUNK_BYTES // (4 * n_e * ny * nx))))
+    if chunk_slices is None:  # whole on-disk slabs per chunk: no chunk is read twice
+        per_slab = 4 * n_e * ny * nx * store.slab
+        slab = store.slab * int(max(1, FIT_CHUNK_BYTES // per_slab))
+    else:
+        slab = int(chunk_slices)
+    slab = min(slab, nz)
     stack = da.from_zarr(store.volumes, chunks=(n_e, slab, ny, nx))
-    result = fit_xanes_sampled(stack, store.energies_ev, store.sampler(), **fit_options)
+    plan, _, _ = prepare_xanes_sampled(stack, store.energies_ev, store.sampler(), **fit_options)
     targets = store.create_results(slab=slab)
-    names = list(RESULT_MAPS)
-    stored = da.store([getattr(result, n) for n in names], [targets[n] for n in names],
-                      lock=False, compute=False)
+    bounds = np.cumsum((0,) + stack.chunks[1])
+    tasks = [dask.delayed(_fit_chunk, pure=False)(store.volumes, int(z0), int(z1), plan, targets)
+             for z0, z1 in zip(bounds[:-1], bounds[1:])]
     own = runner is None
     runner = dask_runner("threads") if own else runner
     try:
-        runner.compute(stored)
+        counts = np.sum(runner.compute(*tasks), axis=0)
     finally:
         if own:
             runner.close()
-    status = np.bincount(np.asarray(store.results()["status"][:]).ravel(), minlength=6)
-    from ..analysis import STATUS_CODES
-
-    counts = {STATUS_CODES[k]: int(c) for k, c in enumerate(status) if c and k in STATUS_CODES}
-    params = _jsonable(result.params)
-    store.group["results"].attrs.update({"params": params, "status_counts": counts,
-                                         "energies_ev": result.energies.tolist()})
-    return Xanes3DFit(store_path=Path(store_path), params=params, status_counts=counts,
+    status_counts = {STATUS_CODES[k]: int(c) for k, c in enumerate(counts) if c and k in STATUS_CODES}
+    params = _jsonable(plan.params)
+    store.group["results"].attrs.update({"params": params, "status_counts": status_counts,
+                                         "energies_ev": plan.energies.tolist()})
+    return Xanes3DFit(store_path=Path(store_path), params=params, status_counts=status_counts,
                       seconds=time.perf_counter() - t0, chunks=stack.chunks)
 
 

@@ -52,9 +52,10 @@ class ReferenceProjections:
 
 
 def default_slab(volume_shape) -> int:
-    """Slices per on-disk chunk: about CHUNK_TARGET_BYTES of float32."""
+    """Slices per on-disk chunk: about CHUNK_TARGET_BYTES of float32, and at most a
+    quarter of the volume (slabs are also the units reconstructed in parallel)."""
     nz, ny, nx = volume_shape
-    return int(max(1, min(nz, CHUNK_TARGET_BYTES // (4 * ny * nx))))
+    return int(max(1, min(-(-nz // 4), CHUNK_TARGET_BYTES // (4 * ny * nx))))
 
 
 class Xanes3DStore:
