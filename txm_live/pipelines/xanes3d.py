@@ -44,7 +44,7 @@ from ..analysis import (
     shift_rows,
 )
 from ..analysis._xanes3d_register import DRIFT_PAIRS
-from .xanes3d_store import RESULT_MAPS, Xanes3DStore
+from .xanes3d_store import Xanes3DStore
 
 __all__ = ["EnergyReport", "WhitelinePreview", "Xanes3DFit", "Xanes3DPipeline",
            "process_reference", "process_energy", "fit_store", "run_xanes3d",
