@@ -237,3 +237,19 @@ def test_fit_store_needs_every_energy(tmp_path):
     with pytest.raises(ValueError, match=r"no volume yet for energies \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]"):
         fit_store(tmp_path / "s.zarr")
     assert set(RESULT_MAPS) >= {"whiteline", "edge", "edge_jump", "mask"}
+
+
+def test_simulated_scan_drifts_and_jumps_between_energies():
+    from simulators.xanes3d import ENERGY_CHANGE_S
+
+    cfg = SimConfig(shape=(64, 64), rotation_axis_offset_um=0.8, seed=6, mono_jump_nm=300.0)
+    sim = make_xanes3d_sim(cfg, n_angles=8)
+    xscan = simulate_xanes3d_scan(sim, [8400.0, 8350.0, 8300.0], 8, n_darks=2, n_flats=2)
+    assert sim.drift.n_jumps == 2  # one per monochromator move
+    a, b = xscan.scans[:2]
+    assert b.dark_times_s[0] == pytest.approx(max(a.flat_times_s[-1], a.times_s[-1]) + ENERGY_CHANGE_S)
+    np.testing.assert_allclose(xscan.drift_px[1], b.drift_px.mean(axis=0))
+    # 300 nm jumps on 640 nm pixels: the energies' mean drift differs by about half a pixel
+    assert np.abs(np.diff(xscan.drift_px, axis=0)).max() > 0.2
+    with pytest.raises(ValueError, match="energies_ev must be a 1-D list of finite energies"):
+        simulate_xanes3d_scan(sim, [8400.0, np.nan], 8)
