@@ -21,7 +21,7 @@ from .drift import DriftModel
 from .model import Frame, FrameTruth, SimConfig, SimTXM, TruthMaps
 from .phantom import NMCPhantom, Particle, Void, make_nmc_phantom
 from .spectra import NiXanesModel
-from .stacks import XanesStack, edge_energies, simulate_xanes_stack
+from .stacks import XanesStack, simulate_xanes_stack
 from .tomography import (
     TomoScan,
     attenuation_volume,
@@ -32,7 +32,7 @@ from .tomography import (
 
 __all__ = [
     "DetectorModel", "DriftModel", "Frame", "FrameTruth", "NMCPhantom", "NiXanesModel",
-    "Particle", "SimConfig", "SimTXM", "TruthMaps", "Void", "XanesStack", "edge_energies",
+    "Particle", "SimConfig", "SimTXM", "TruthMaps", "Void", "XanesStack",
     "make_nmc_phantom", "simulate_xanes_stack",
     "TomoScan", "attenuation_volume", "make_tomo_phantom", "make_tomo_sim", "simulate_tomo_scan",
 ]

@@ -15,8 +15,9 @@ import pytest
 
 from simulators import model as sim_model
 from simulators.phantom import make_nmc_phantom
-from simulators.stacks import edge_energies, simulate_xanes_stack
+from simulators.stacks import simulate_xanes_stack
 from txm_live.analysis import align_stack, apply_shifts, fit_xanes, flat_dark_correct
+from txm_live.energies import xanes_energy_list
 
 MIN_JUMP = 0.2  # accuracy is quoted on pixels with an edge jump of at least this
 
@@ -25,7 +26,7 @@ MIN_JUMP = 0.2  # accuracy is quoted on pixels with an edge jump of at least thi
 def scan():
     sim = sim_model.SimTXM(sim_model.SimConfig(shape=(128, 128), flat_counts=1e4, seed=0),
                            sample=make_nmc_phantom(state_of_charge=0.5, seed=0))
-    st = simulate_xanes_stack(sim, edge_energies()[::-1], n_darks=5)
+    st = simulate_xanes_stack(sim, xanes_energy_list(8333.0)[::-1], n_darks=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dead pixels -> NaN, reported
         absorb = flat_dark_correct(st.frames, st.flats, st.darks)

@@ -24,15 +24,15 @@ from scipy import ndimage
 
 from simulators.beamline import make_sim_beamline
 from simulators.model import SimConfig
-from simulators.stacks import edge_energies
 from txm_live.callbacks import subscribe_live_analysis
 from txm_live.devices.txm import connect_epics_txm, make_epics_txm
 from txm_live.plans import xanes_2d
 from txm_live.replay import find_analysis_runs
 from txm_live.store import subscribe_tiled_writer
+from txm_live.energies import xanes_energy_list
 
-#: 40 energies: 10 eV steps below the edge, 1 eV across edge and whiteline, sparse above.
-ENERGIES = edge_energies(dense_step_ev=1.0)
+#: 53 energies: 10 eV steps below the edge, 1 eV across edge and whiteline, ~8 eV above.
+ENERGIES = xanes_energy_list(8333.0, near_edge_step_ev=1.0)
 MIN_JUMP = 0.2
 STARTUP = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
 
@@ -184,5 +184,5 @@ def test_the_profile_runs_a_scan_on_the_epics_devices(txm_ioc, tmp_path):
     env.pop("TXM_LIVE_TILED_URI", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=540, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "TXMCamera 320.0 (13, 128, 128) success", out.stdout[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "TXMCamera 320.0 (15, 128, 128) success", out.stdout[-2000:]
     assert len(list((tmp_path / "frames").glob("*_sample.h5"))) == 1  # the IOC wrote where the profile said

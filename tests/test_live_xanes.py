@@ -1,6 +1,6 @@
 """Live 2D XANES analysis: real RunEngine, simulated beamline writing HDF5, Tiled over HTTP.
 
-One module-scoped scan (65 energies across the Ni K edge, 128², FXI order high → low) is
+One module-scoped scan (88 energies across the Ni K edge, 128², FXI order high → low) is
 analysed live; its analysis run is checked against the simulator's ground truth, found
 from the raw run in Tiled, and replayed from Tiled to the same maps. Failure injection and
 abort use short scans of their own.
@@ -18,14 +18,15 @@ from tiled.queries import Key
 
 from simulators.beamline import make_sim_beamline
 from simulators.model import SimConfig
-from simulators.stacks import edge_energies
 from txm_live.analysis import FlatDarkWarning, fit_xanes, flat_dark_correct
 from txm_live.callbacks import subscribe_live_analysis
+from txm_live.energies import xanes_energy_list
 from txm_live.plans import xanes_2d
 from txm_live.replay import find_analysis_runs, replay
 from txm_live.store import subscribe_tiled_writer
 
 MIN_JUMP = 0.2
+N_ENERGIES = 88  # xanes_energy_list(8333.0)
 
 
 def _rms(a):
@@ -56,7 +57,7 @@ def live_scan(tiled_server, tmp_path_factory):
 
     RE.subscribe(recorded)
     bl = make_sim_beamline(tiled_server.frames_dir, config=SimConfig(shape=(128, 128), seed=1))
-    (uid,) = _scan(RE, bl, edge_energies())
+    (uid,) = _scan(RE, bl, xanes_energy_list(8333.0))
     assert live.wait(300) and writer.flush(300)
     return {"uid": uid, "live": live, "writer": writer, "bl": bl, "client": client, "previews": previews,
             "call_threads": call_threads, "emit_threads": emit_threads}
@@ -73,8 +74,8 @@ def test_analysis_run_is_found_from_the_raw_run(live_scan):
     assert start["analysis_parameters"]["registration_mode"] == "running_mean"
     assert stop["exit_status"] == "success" and "PARTIAL" not in stop["reason"]
     assert {"drift", "spectrum", "maps", "status"} <= set(run)
-    assert len(run["drift"]["drift_y_px"].read()) == 65
-    assert len(run["spectrum"]["mean_absorbance"].read()) == 65
+    assert len(run["drift"]["drift_y_px"].read()) == N_ENERGIES
+    assert len(run["spectrum"]["mean_absorbance"].read()) == N_ENERGIES
     final = run["maps"]["final"].read()
     assert bool(final[-1]) and not final[:-1].any()  # partial maps while scanning, then the final ones
     # a preview whiteline map once the peak was passed, long before the pre-edge (high -> low)
@@ -149,12 +150,14 @@ def test_the_runengine_thread_only_enqueues(live_scan):
 
 
 def test_injected_analysis_failure_leaves_the_scan_and_raw_run_intact(RE, sim_beamline, tiled_server, monkeypatch):
-    import txm_live.callbacks.xanes2d as xanes2d
+    import txm_live.analysis._partial as partial
+    import txm_live.analysis._pipeline as pipeline
 
     def broken_fit(*args, **kwargs):
         raise RuntimeError("injected fit failure")
 
-    monkeypatch.setattr(xanes2d, "fit_xanes", broken_fit)
+    monkeypatch.setattr(pipeline, "fit_xanes", broken_fit)  # final maps
+    monkeypatch.setattr(partial, "fit_xanes", broken_fit)   # partial maps
     client = tiled_server.client()
     writer = subscribe_tiled_writer(RE, client, batch_size=100)
     live = subscribe_live_analysis(RE, client, writer=writer, partial_every=2, min_partial_energies=2)

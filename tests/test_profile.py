@@ -23,7 +23,7 @@ def test_profile_runs_a_scan_into_its_tiled_store(tmp_path):
             exec(compile(open(path).read(), path, "exec"), ns)
         RE, xanes = ns["RE"], ns["xanes"]
         RE.md["proposal"] = "pass-000001"
-        uid, = RE(xanes(ns["xanes_energy_list"](8333.0)[::6], n_darks=1))
+        uid, = RE(xanes(ns["xanes_energy_list"](8333.0, near_edge_step_ev=1.0), n_darks=1))
         live = ns["live_analysis"]
         assert live is not None, "the profile subscribed no live analysis"
         assert live.wait(120) and ns["tiled_writer"].flush(120)
@@ -54,10 +54,10 @@ def test_profile_runs_a_scan_into_its_tiled_store(tmp_path):
     assert lines[-1] == "xanes2d pass-000001 (64, 64)"
     analysis = json.loads(lines[-2])
     assert analysis["parent"] and analysis["exit_status"] == "success" and analysis["failures"] == []
-    # 13 energies (every 6th of the standard list), 64²: achieved 422 of 422 pixels,
-    # whiteline 0.457 eV rms
+    # 53 energies (1 eV steps across the edge), 64²: achieved 422 of 422 pixels,
+    # whiteline 0.211 eV rms (every 6th energy of the 0.5 eV list: 0.93 eV)
     assert analysis["inside"] > 300 and analysis["fitted"] >= 0.9 * analysis["inside"]
-    assert analysis["rms"] <= 0.7
+    assert analysis["rms"] <= 0.32
     # metadata persisted for the next session
     assert (tmp_path / "runengine-metadata").exists()
 

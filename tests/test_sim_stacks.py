@@ -7,7 +7,8 @@ from scipy import ndimage, optimize
 
 from simulators.model import SimConfig, SimTXM
 from simulators.phantom import make_nmc_phantom
-from simulators.stacks import edge_energies, simulate_xanes_stack
+from simulators.stacks import simulate_xanes_stack
+from txm_live.energies import xanes_energy_list
 
 NI_K = xraydb.xray_edge("Ni", "K").energy
 
@@ -21,16 +22,19 @@ def _uniform_sim(**cfg):
 @pytest.fixture(scope="module")
 def uniform_stack():
     sim = _uniform_sim()
-    return sim, simulate_xanes_stack(sim, edge_energies(NI_K)[::-1])  # FXI scans high → low
+    return sim, simulate_xanes_stack(sim, xanes_energy_list(NI_K)[::-1])  # FXI scans high → low
 
 
-def test_edge_energies_standard_list():
-    e = edge_energies()
-    assert 55 <= e.size <= 75
-    assert e[0] == pytest.approx(8333.0 - 60) and e[-1] == pytest.approx(8333.0 + 120)
+def test_standard_energy_list():
+    """The one energy-list generator: the study's layout (txm_live.energies docstring)."""
+    e = xanes_energy_list(NI_K)
+    assert e.size == 88
+    assert e[0] == pytest.approx(NI_K - 60) and e[-1] == pytest.approx(NI_K + 120)
     assert np.all(np.diff(e) > 0)
-    dense = e[(e >= 8333.0 - 5) & (e <= 8333.0 + 20)]
-    assert np.max(np.diff(dense)) <= 0.5 + 1e-9 and dense.size >= 50
+    dense = e[(e >= NI_K - 10) & (e <= NI_K + 25)]
+    assert np.max(np.diff(dense)) == pytest.approx(0.5) and dense.size == 71
+    post = e[e >= NI_K + 25]
+    assert post.size >= 8 and np.max(np.diff(post)) <= 8.0  # what the edge normalization needs
 
 
 def test_stack_layout_and_truth(uniform_stack):

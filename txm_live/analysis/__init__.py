@@ -1,12 +1,27 @@
 """Pure numerical analysis for TXM data: flat/dark correction, registration,
-per-pixel XANES fitting, linear combination fitting and tomography.
+per-pixel XANES fitting, linear combination fitting, the staged 2D XANES pipeline
+(:class:`Xanes2DPipeline`) that live analysis, replay and batch files share, tomography,
+and particles in chemical maps (segmentation, tracking, per-particle state of charge,
+operando sessions).
 
 No bluesky, ophyd, event-model, tiled or h5py here: a user with arrays from
 any source (an FXI HDF5 file, a replayed run) calls these directly.
 """
 
-from ._flatdark import FlatDarkWarning, flat_dark_correct, remove_zingers
+from ._flatdark import FlatDarkWarning, flat_dark_correct, remove_zingers, transmission_to_absorbance
 from ._lcf import LcfResult, fit_lcf, xanes_mask
+from ._partial import XanesMaps, partial_xanes_maps, passed_peak_ev, peak_whiteline_map, sample_mask
+from ._pipeline import (
+    FRAME_TYPES,
+    NO_ENERGY_INDEX,
+    EnergyCompleted,
+    FrameAligned,
+    FrameLabel,
+    Xanes2DPipeline,
+    XanesScanLayout,
+)
+from ._particle_session import MeasurementSummary, OperandoSession, SessionStatistics
+from ._particles import ParticleLabels, ParticleStatistics, SocCalibration, particle_statistics, segment_particles
 from ._registration import AlignmentResult, StackAligner, align_stack, apply_shifts, estimate_shift
 from ._tomo import (
     MIN_ANGLES,
@@ -24,6 +39,7 @@ from ._tomo_prep import (
     remove_outliers,
     remove_stripes,
 )
+from ._tracking import ParticleTracker, TrackingStep
 from ._validate import XanesInputWarning
 from ._xanes import STATUS_CODES, XanesResult, find_e0, fit_xanes, normalization_parameters
 from ._xanes3d_register import (
@@ -35,23 +51,14 @@ from ._xanes3d_register import (
 from ._xanes_sampled import XanesSampler, fit_xanes_sampled, prepare_xanes_sampled
 
 __all__ = [
-    "AlignmentResult",
-    "CenterSweep",
-    "FlatDarkWarning",
-    "LcfResult",
-    "MIN_ANGLES",
-    "ProjectionDrift",
-    "STATUS_CODES",
-    "StackAligner",
-    "TomoInputWarning",
-    "XanesInputWarning",
-    "XanesResult",
-    "XanesSampler",
     "align_stack",
+    "AlignmentResult",
     "angle_weights",
     "apply_shifts",
     "center_sweep",
+    "CenterSweep",
     "correct_jitter",
+    "EnergyCompleted",
     "estimate_jitter",
     "estimate_projection_drift",
     "estimate_shift",
@@ -61,17 +68,49 @@ __all__ = [
     "fit_xanes",
     "fit_xanes_sampled",
     "flat_dark_correct",
+    "FlatDarkWarning",
     "fov_radius_px",
+    "FRAME_TYPES",
+    "FrameAligned",
+    "FrameLabel",
+    "LcfResult",
+    "MeasurementSummary",
+    "MIN_ANGLES",
+    "NO_ENERGY_INDEX",
     "normalization_parameters",
     "normalize_projections",
+    "OperandoSession",
+    "partial_xanes_maps",
+    "particle_statistics",
+    "ParticleLabels",
+    "ParticleStatistics",
+    "ParticleTracker",
+    "passed_peak_ev",
+    "peak_whiteline_map",
     "prepare_xanes_sampled",
+    "ProjectionDrift",
     "reconstruct",
     "reconstruction_backends",
     "register_volumes",
     "remove_outliers",
     "remove_stripes",
     "remove_zingers",
+    "sample_mask",
+    "segment_particles",
+    "SessionStatistics",
     "shift_rows",
     "slice_entropy",
+    "SocCalibration",
+    "StackAligner",
+    "STATUS_CODES",
+    "TomoInputWarning",
+    "TrackingStep",
+    "transmission_to_absorbance",
+    "Xanes2DPipeline",
     "xanes_mask",
+    "XanesInputWarning",
+    "XanesMaps",
+    "XanesResult",
+    "XanesSampler",
+    "XanesScanLayout",
 ]
