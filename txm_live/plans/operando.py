@@ -215,7 +215,8 @@ class SuspendOnPotentiostatFault(SuspendBoolHigh):
         if not self.tripped:
             return ""
         code = int(self._pstat.fault.get())
-        message = self._pstat.fault_message.get() or FAULT_CODES.get(code, "unknown fault")
+        # the code is authoritative: the message signal may update a moment after it
+        message = FAULT_CODES.get(code) or self._pstat.fault_message.get() or "unknown fault"
         return f"potentiostat {self._pstat.name} fault {code} ({message}): {self._tripped_message}"
 
 
