@@ -120,6 +120,8 @@ class EmbeddedTiled:
     """
 
     def __init__(self, directory, *, readable_storage=(), port: int = 0, api_key: str | None = None):
+        if port:
+            check_port_free(port)  # before the slow imports: a busy port is refused at once
         from tiled.server import SimpleTiledServer
 
         register_bluesky_exporters()
@@ -128,8 +130,6 @@ class EmbeddedTiled:
         storage = [Path(p).resolve() for p in readable_storage]
         for p in storage:
             p.mkdir(parents=True, exist_ok=True)
-        if port:
-            check_port_free(port)
         try:
             self._server = SimpleTiledServer(
                 directory=self.directory, readable_storage=storage or None, port=port,

@@ -52,6 +52,7 @@ class _Run:
     needs_redelivery: bool = False
     stopped: bool = False
     spool_complete: bool = True    # False once a document could not be spooled
+    how: str = "live"              # how Tiled got it: 'live', or what the last redelivery did
 
 
 def _connector_for(client):
@@ -205,7 +206,7 @@ class SafeTiledWriter:
             return
         run.delivered = (index + 1) if index is not None else run.delivered
         if name == "stop":
-            self._confirm(run, how="live")
+            self._confirm(run)
 
     def _mark_for_redelivery(self, run: _Run) -> None:
         run.needs_redelivery = True
@@ -224,15 +225,14 @@ class SafeTiledWriter:
         for run in self._runs.values():  # their writers hold connections to the old server
             self._mark_for_redelivery(run)
 
-    def _confirm(self, run: _Run, *, how: str) -> None:
+    def _confirm(self, run: _Run) -> None:
         """Check Tiled holds the finished run completely; then let it leave the spool."""
         documents = self.spool.documents(run.uid)
         try:
             problems = stored_problems(self._client, tally_documents(documents))
             if problems and run.spool_complete:
                 logger.warning("run %s: %s; writing it again from the spool", run.uid, "; ".join(problems))
-                delivery = deliver_run(self._client, documents)
-                how = delivery.action
+                run.how = deliver_run(self._client, documents).action
                 problems = stored_problems(self._client, tally_documents(documents))
         except Exception as exc:
             self._go_offline(f"checking run {run.uid}", exc)
@@ -244,7 +244,7 @@ class SafeTiledWriter:
             run.needs_redelivery = False
             self._backlog.add(run.uid)
             return
-        self.deliveries[run.uid] = how
+        self.deliveries[run.uid] = run.how
         self._backlog.discard(run.uid)
         del self._runs[run.uid]
         self.spool.discard(run.uid)
@@ -280,9 +280,10 @@ class SafeTiledWriter:
                 return
             logger.info("run %s %s from the spool (%d documents)", uid, delivery.action, len(documents))
             run.writer, run.delivered, run.needs_redelivery = delivery.writer, len(documents), False
+            run.how = delivery.action
             if run.stopped or any(name == "stop" for name, _ in documents[-1:]):
                 run.stopped = True
-                self._confirm(run, how=delivery.action)
+                self._confirm(run)
             else:
                 self._backlog.discard(uid)  # open again, written live from here on
 

@@ -1,0 +1,85 @@
+"""The redelivery rule against a real Tiled server: partial records replaced, doubles found.
+
+Each test records a real scan's documents (simulated TXM writing HDF5, real RunEngine)
+and writes them to the session's Tiled server over HTTP.
+"""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pyarrow
+import pytest
+from bluesky_tiled_plugins import TiledWriter
+
+from reliability_helpers import ENERGIES, make_beamline, stored_seq_nums, xanes_plan
+from txm_live.spool import tally_documents
+from txm_live.store_delivery import deliver_run, stored_problems
+
+SHORT = ENERGIES[::4]  # 5 energies: enough documents for these checks
+
+
+@pytest.fixture
+def recorded_run(RE, tiled_server):
+    """The documents of one short scan, frames in the server's readable folder."""
+    bl = make_beamline(tiled_server.frames_dir, seed=3, size=64)
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(xanes_plan(bl, SHORT))
+    return docs
+
+
+def test_a_partly_written_run_conflicts_for_tiled_writer_and_is_replaced_by_deliver_run(recorded_run, tiled_server):
+    client = tiled_server.client()
+    docs = recorded_run
+    uid = docs[0][1]["uid"]
+    half = len(docs) // 2
+    partial = TiledWriter(client, batch_size=1)
+    for name, doc in docs[:half]:  # the server "went away" here
+        partial(name, doc)
+    assert stored_problems(client, tally_documents(docs)), "the partial record must be seen as incomplete"
+
+    # negative control: feeding the whole run to a new TiledWriter fails on the start (409)
+    with pytest.raises(httpx.HTTPStatusError, match="409"):
+        TiledWriter(client, batch_size=1)(*docs[0])
+
+    delivery = deliver_run(client, docs)
+    assert delivery.action == "replaced"
+    assert stored_problems(client, tally_documents(docs)) == []
+    run = client[uid]
+    n_sample = len(SHORT)
+    assert stored_seq_nums(run, "primary") == list(range(1, n_sample + 1))
+    # the detector's file was an external asset: still there, and read through Tiled
+    frames = run["primary"]["txm_det_image"].read()
+    assert frames.shape == (n_sample, 64, 64) and np.asarray(frames).min() > 0
+
+
+def test_doubled_rows_from_a_retried_append_are_found_and_the_run_rewritten(recorded_run, tiled_server):
+    client = tiled_server.client()
+    docs = recorded_run
+    uid = docs[0][1]["uid"]
+    writer = TiledWriter(client, batch_size=1)
+    for name, doc in docs:
+        writer(name, doc)
+    tally = tally_documents(docs)
+    assert stored_problems(client, tally) == []
+    # what TiledWriter's forced retry does when the first append did reach the server
+    table = client[uid]["primary"].base["internal"]
+    first_row = table.read().iloc[:1]
+    table.append_partition(0, pyarrow.Table.from_pandas(first_row, preserve_index=False))
+    (problem,) = stored_problems(client, tally)
+    assert "stream 'primary'" in problem and "(1 doubled)" in problem
+
+    delivery = deliver_run(client, docs)
+    assert delivery.action == "replaced"
+    assert stored_problems(client, tally) == []
+    assert stored_seq_nums(client[uid], "primary") == list(range(1, len(SHORT) + 1))
+
+
+def test_a_complete_run_is_not_written_again(recorded_run, tiled_server):
+    client = tiled_server.client()
+    docs = recorded_run
+    first = deliver_run(client, docs)
+    assert first.action == "written"
+    again = deliver_run(client, docs)
+    assert again.action == "already complete" and again.writer is None
+    assert stored_seq_nums(client[docs[0][1]["uid"]], "primary") == list(range(1, len(SHORT) + 1))
