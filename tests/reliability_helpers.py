@@ -5,6 +5,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 #: 19 energies across the Ni K edge: enough for pre-edge, whiteline and post-edge (final maps)
 ENERGIES = np.r_[8273.0, 8293.0, 8313.0, 8323.0, np.arange(8328.0, 8353.0, 2.0), 8363.0, 8383.0, 8413.0]
@@ -62,3 +63,14 @@ def analysis_runs(client, raw_uid: str) -> dict:
     from txm_live.replay import find_analysis_runs
 
     return find_analysis_runs(client, raw_uid)
+
+
+@pytest.fixture
+def short_client_retries(monkeypatch):
+    """Tiled's client retries a failed request for ~20-45 s (TILED_RETRY_ATTEMPTS /
+    TILED_RETRY_TIMEOUT, read when tiled is imported): that alone bridges short outages.
+    Two quick attempts make every outage in a test reach the spool, the path under test."""
+    import tiled.client.utils
+
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)

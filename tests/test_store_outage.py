@@ -27,6 +27,7 @@ from reliability_helpers import (
     assert_raw_run_complete,
     final_maps,
     make_beamline,
+    short_client_retries,  # noqa: F401 (fixture)
     stored_seq_nums,
     xanes_plan,
 )
@@ -36,17 +37,6 @@ from txm_live.store import subscribe_tiled_writer
 from txm_live.store_process import TiledServerProcess
 
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-def short_client_retries(monkeypatch):
-    """Tiled's client retries a failed request for up to ~20-45 s (TILED_RETRY_ATTEMPTS /
-    TILED_RETRY_TIMEOUT, read at import): that alone bridges short outages. Two quick
-    attempts make every outage here reach the spool, the path under test."""
-    import tiled.client.utils
-
-    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)
 
 
 @pytest.fixture(scope="module")

@@ -75,11 +75,14 @@ def probe_tiled(uri: str, *, api_key: str | None = None, timeout_s: float = PROB
             info = http.get(root)
             if info.status_code != 200:
                 raise TiledUnavailable(f"{root} answered HTTP {info.status_code}: not a Tiled server, or not ready")
-            if api_key is not None:
-                answer = http.get(root + "metadata/", headers={"Authorization": f"Apikey {api_key}"})
-                if answer.status_code in (401, 403):
-                    raise TiledUnavailable(f"the Tiled server at {root} refuses this API key "
-                                           f"(HTTP {answer.status_code}); was it restarted with another key?")
+            headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+            answer = http.get(root + "metadata/", headers=headers)
+            if answer.status_code in (401, 403) and not api_key:
+                raise TiledUnavailable(f"the Tiled server at {root} requires an API key and none was given: add "
+                                       "?api_key=... to the URI, or give the catalog folder of `txm-live serve`")
+            if answer.status_code in (401, 403):
+                raise TiledUnavailable(f"the Tiled server at {root} refuses this API key "
+                                       f"(HTTP {answer.status_code}); was it restarted with another key?")
     except httpx.TimeoutException as exc:
         raise TiledUnavailable(f"the Tiled server at {root} did not answer within {timeout_s} s ({exc!r})") from exc
     except httpx.TransportError as exc:

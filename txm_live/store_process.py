@@ -138,6 +138,14 @@ class TiledServerProcess(TxmLiveProcess):
         super().__init__(args, ready_pattern=r"Tiled server for .* at (http://\S+)",
                          log_path=log_path or self.directory.parent / f"tiled-serve-{self.port}.log")
 
+    def start(self, *, timeout_s: float = READY_TIMEOUT_S) -> "TiledServerProcess":
+        """Start (or restart) it; after the first start the catalog exists, so restarts
+        run without ``--create``, as an operator would restart it."""
+        super().start(timeout_s=timeout_s)
+        if "--create" in self.args:
+            self.args.remove("--create")
+        return self
+
     @property
     def catalog(self) -> Path:
         return self.directory / "tiled"

@@ -8,7 +8,6 @@ sees it (the stored run itself is not changed).
 """
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
@@ -78,13 +77,11 @@ class PathRemap:
             new_path = self.path(unquote(parsed.path))
             self._note(new_path)
             if self.pairs:
-                doc = copy.deepcopy(doc)
-                doc["uri"] = Path(new_path).as_uri()
+                doc = {**doc, "uri": Path(new_path).as_uri()}  # a new mapping: the caller's stays as it was
         elif name == "resource" and "root" in doc:
             full = str(PurePosixPath(doc["root"]) / doc.get("resource_path", ""))
             new_full = self.path(full)
             self._note(new_full)
             if new_full != full:
-                doc = copy.deepcopy(doc)
-                doc["root"], doc["resource_path"] = "/", new_full.lstrip("/")
+                doc = {**doc, "root": "/", "resource_path": new_full.lstrip("/")}
         return name, doc
