@@ -124,11 +124,14 @@ def zmq_address(address, *, default_host: str = LOOPBACK) -> str:
 
 # ---- publishing ------------------------------------------------------------------------
 class DocumentPublisher:
-    """A RunEngine callback publishing every document to a 0MQ proxy (PUB socket).
+    """A RunEngine callback publishing every document to a 0MQ proxy.
 
     ``RE.subscribe(DocumentPublisher("127.0.0.1:5577"))``. Sending never blocks the
     RunEngine: the document is serialised and queued to 0MQ's I/O thread; with no proxy
     or no subscriber, 0MQ drops it (publish/subscribe keeps nothing for absent readers).
+    A subscription takes a moment to travel back from a subscriber to a new publisher;
+    :meth:`wait_for_subscriber` waits for it (the socket is an XPUB, a PUB that also hears
+    subscriptions).
 
     Parameters
     ----------
@@ -148,7 +151,7 @@ class DocumentPublisher:
         self.n_sent = 0
         self.failures: list[str] = []
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.PUB)
+        self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         self._socket.setsockopt(zmq.LINGER, 1000)  # ms to flush at close, then give up
         self._socket.connect(self.address)
@@ -164,6 +167,25 @@ class DocumentPublisher:
             text = f"could not publish a {name!r} document: {exc!r}"
             self.failures.append(text)
             logger.error(text)
+
+    def wait_for_subscriber(self, timeout_s: float = 10.0) -> bool:
+        """True once a subscription (e.g. a ``serve-analysis`` through the proxy) has reached
+        this publisher; False after ``timeout_s``. Documents sent before are dropped."""
+        import zmq
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                try:
+                    message = self._socket.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    message = None
+            if message is not None and message[:1] == b"\x01":
+                return True
+            if time.monotonic() > deadline:
+                return False
+            if message is None:
+                time.sleep(0.02)
 
     def close(self) -> None:
         with self._lock:

@@ -81,6 +81,47 @@ def check_port_free(port: int, host: str = HOST) -> None:
                                      "port") from None
 
 
+class _OneStorageRequestAtATime:
+    """ASGI wrapper: the embedded server handles requests that may touch its SQL storage one
+    at a time.
+
+    Tiled's embedded server keeps event tables in DuckDB through a single shared connection
+    (``StaticPool``); two requests handled at once on worker threads interleave their
+    transactions ("cannot commit - no transaction is active", HTTP 500) and can leave the
+    connection unusable. That happens as soon as two processes write at once — the
+    acquisition's writer and an analysis service (measured). Array reads, the bulk of
+    the traffic, do not use that storage and are not held back.
+    """
+
+    _UNLOCKED_GET_PREFIXES = ("/healthz", "/api/v1/array/")
+
+    def __init__(self, app):
+        self.app = app
+        self._lock = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD")
+                                       and scope["path"].startswith(self._UNLOCKED_GET_PREFIXES)):
+            return await self.app(scope, receive, send)
+        import asyncio
+
+        if self._lock is None:  # created in the server's event loop
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            await self.app(scope, receive, send)
+
+
+def _serialize_storage_access(app) -> None:
+    """Put :class:`_OneStorageRequestAtATime` outermost in a running FastAPI app.
+
+    SimpleTiledServer starts serving inside its constructor; Starlette builds its
+    middleware stack on the first request, so the stack is dropped and rebuilt on the next
+    one with the wrapper in it (before anyone else knows the server's address).
+    """
+    app.middleware_stack = None
+    app.add_middleware(_OneStorageRequestAtATime)
+
+
 def register_bluesky_exporters() -> None:
     """Teach Tiled to export a BlueskyRun as a document stream (``run.documents()``).
 
@@ -110,6 +151,10 @@ class EmbeddedTiled:
 
     Notes
     -----
+    Requests that may touch the event-table storage are handled one at a time (see
+    :class:`_OneStorageRequestAtATime`): several writers (the acquisition, an analysis
+    service) may write at once.
+
     Tiled keeps its server settings process-wide: the last server started sets the key
     every server of the process accepts (measured: a first server answers 401 once a
     second one with another key has started). Hence one key per process by default.
@@ -139,6 +184,7 @@ class EmbeddedTiled:
             where = f"port {port}" if port else "a free port"
             raise RuntimeError(f"the Tiled server for {self.directory} did not start on {HOST}, {where}: {exc} "
                                f"(see {self.directory / 'error.log'})") from exc
+        _serialize_storage_access(self._server.app)
         self.uri = self._server.uri
         self._closed = False
         # The server's thread is not a daemon: without this, the interpreter would wait for
