@@ -247,3 +247,40 @@ def test_the_service_survives_its_restart_and_a_missed_run_is_replayed_with_one_
     full = [r for r in analysis_runs(client, uid_b).values() if r.metadata["start"].get("replay")]
     assert len(full) == 1 and full[0].metadata["stop"]["exit_status"] == "success"
     assert len(full[0]["drift"]["drift_x_px"].read()) == len(ENERGIES[::2])
+
+
+def test_the_profile_publishes_and_leaves_the_analysis_to_another_process(tmp_path):
+    import os
+    import textwrap
+    from pathlib import Path
+
+    startup = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"
+    code = textwrap.dedent(f"""
+        import glob, threading, time
+        from tiled.queries import Key
+        from txm_live.remote import AnalysisService
+        ns = {{}}
+        for path in sorted(glob.glob({str(startup)!r} + "/*.py")):
+            exec(compile(open(path).read(), path, "exec"), ns)
+        received = []
+        service = AnalysisService(ns["zmq_proxy"].out_address, lambda n, d: received.append(n), out=lambda t: None)
+        ready = threading.Event()
+        threading.Thread(target=service.run, kwargs={{"ready": ready.set}}, daemon=True).start()
+        assert ready.wait(60) and ns["zmq_publisher"].wait_for_subscriber(60)
+        RE, xanes = ns["RE"], ns["xanes"]
+        uid, = RE(xanes(ns["xanes_energy_list"](8333.0)[::6], n_darks=1))
+        assert ns["tiled_writer"].wait_delivered(300)
+        deadline = time.monotonic() + 30
+        while service.finished != [uid] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        local = len(ns["tiled_client"].search(Key("start.parent_uid") == uid))
+        print(ns["live_analysis"], received[0], received[-1], service.finished == [uid], local)
+    """)
+    env = {**os.environ, "TXM_LIVE_DATA": str(tmp_path), "TXM_LIVE_SIM_SIZE": "64", "MPLBACKEND": "Agg",
+           "TXM_LIVE_ZMQ_PROXY": "0:0", "TXM_LIVE_ANALYSIS": "remote"}
+    for name in ("TXM_LIVE_TILED_URI", "TXM_LIVE_DEVICES", "TXM_LIVE_ZMQ_PUBLISH"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=540, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # no live analysis in the acquisition process, every document published, no local analysis run
+    assert out.stdout.strip().splitlines()[-1] == "None start stop True 0"

@@ -28,6 +28,7 @@ def recorded_run(RE, tiled_server):
     return docs
 
 
+@pytest.mark.filterwarnings("ignore:The callback .* raised ClientError:UserWarning")  # the 409, via event-model
 def test_a_partly_written_run_conflicts_for_tiled_writer_and_is_replaced_by_deliver_run(recorded_run, tiled_server):
     client = tiled_server.client()
     docs = recorded_run

@@ -123,8 +123,9 @@ class SafeTiledWriter:
         self.spool_directory = self.spool.directory
         self.failures: list[str] = []
         self.deliveries: dict[str, str] = {}
-        self._connect = client if callable(client) and not hasattr(client, "context") else _connector_for(client)
-        self._client = None if callable(client) and not hasattr(client, "context") else client
+        is_connector = callable(client) and not hasattr(client, "context")
+        self._connect = client if is_connector else _connector_for(client)
+        self._client = self._first_client(client) if is_connector else client
         self._runs: dict[str, _Run] = {}
         self._backlog: set[str] = set()   # runs not (yet) verified, other than open live ones
         self._offline = self._client is None
@@ -134,6 +135,15 @@ class SafeTiledWriter:
             self._adopt_orphans()
         self._thread = threading.Thread(target=self._work, name="tiled-writer", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _first_client(connect):
+        """Try the connector once; None (start offline, spooling) if the server is away."""
+        try:
+            return connect()
+        except Exception as exc:
+            logger.warning("Tiled is not reachable yet (%r); documents are spooled until it answers", exc)
+            return None
 
     # ---- caller's thread --------------------------------------------------------------
     def __call__(self, name, doc):
