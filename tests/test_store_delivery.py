@@ -123,3 +123,38 @@ def test_three_writers_at_once_leave_three_complete_runs(tiled_server):
     client = tiled_server.client()
     assert errors == []
     assert [stored_problems(client, tally_documents(docs)) for docs in runs] == [[], [], []]
+
+
+def test_a_run_tiled_refuses_stays_in_the_spool_and_the_next_run_is_written(tiled_server, tmp_path):
+    """A refusal is not an outage: the writer stays online and only that run waits."""
+    import time
+
+    import event_model
+
+    from txm_live.store import SafeTiledWriter
+
+    writer = SafeTiledWriter(tiled_server.client(), spool_directory=tmp_path / "spool")
+    refused = event_model.compose_run()
+    desc = refused.compose_descriptor(name="primary", data_keys={"img": {
+        "source": "s", "dtype": "array", "shape": [4, 4], "external": "STREAM:"}})
+    # a stream_datum naming a stream_resource that was never sent: TiledWriter refuses it
+    orphan_datum = {"uid": "x/0", "stream_resource": "never-sent", "descriptor": desc.descriptor_doc["uid"],
+                    "indices": {"start": 0, "stop": 1}, "seq_nums": {"start": 1, "stop": 2}}
+    good = event_model.compose_run()
+    good_desc = good.compose_descriptor(name="primary", data_keys={"x": {"source": "s", "dtype": "number",
+                                                                        "shape": []}})
+    for name, doc in [("start", refused.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_datum", orphan_datum), ("stop", refused.compose_stop()),
+                      ("start", good.start_doc), ("descriptor", good_desc.descriptor_doc),
+                      ("event", good_desc.compose_event(data={"x": 1.0}, timestamps={"x": 0.0})),
+                      ("stop", good.compose_stop())]:
+        writer(name, doc)
+    deadline = time.monotonic() + 120
+    while good.start_doc["uid"] not in writer.deliveries and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert writer.flush(120) and not writer.wait_delivered(1)  # the refused run never leaves the spool ...
+    assert writer.online and writer.deliveries == {good.start_doc["uid"]: "live"}  # ... the next one does
+    assert writer.pending_runs == [refused.start_doc["uid"]]
+    assert any(f.startswith("Tiled refused") and "stays in the spool" in f for f in writer.failures)
+    assert (tmp_path / "spool" / f"{refused.start_doc['uid']}.jsonl").exists()
+    writer.close()

@@ -55,6 +55,22 @@ class _Run:
     how: str = "live"              # how Tiled got it: 'live', or what the last redelivery did
 
 
+def _is_outage(exc: BaseException) -> bool:
+    """True for failures of the server or the network (wait and redeliver); False for a
+    refusal of this run (a 4xx answer, a document TiledWriter cannot take)."""
+    import httpx
+
+    from .store_delivery import TiledUnavailable
+
+    if isinstance(exc, (httpx.TransportError, TiledUnavailable, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        # 5xx: the server is in trouble; 429: busy; 401/403: restarted with another key
+        # (a connector that re-reads the key can fix it)
+        return exc.response.status_code >= 500 or exc.response.status_code in (401, 403, 429)
+    return False
+
+
 def _connector_for(client):
     """A zero-argument callable that builds a fresh client of the same server and node,
     after a quick probe (the Tiled client's own retries take ~25 s on a dead server)."""
@@ -211,8 +227,7 @@ class SafeTiledWriter:
                 run.writer = TiledWriter(self._client, batch_size=self.batch_size)
             run.writer(name, doc)
         except Exception as exc:
-            self._go_offline(f"writing a {name!r} document of run {uid}", exc)
-            self._mark_for_redelivery(run)
+            self._failed(run, f"writing a {name!r} document of run {uid}", exc, retry=True)
             return
         run.delivered = (index + 1) if index is not None else run.delivered
         if name == "stop":
@@ -222,6 +237,24 @@ class SafeTiledWriter:
         run.needs_redelivery = True
         run.writer = None
         self._backlog.add(run.uid)
+
+    def _failed(self, run: _Run, what: str, exc: BaseException, *, retry: bool) -> None:
+        """An outage takes the writer offline; a refusal of this run alone is written again
+        from the spool once (``retry``), else the run stays in the spool, reported."""
+        if _is_outage(exc):
+            self._go_offline(what, exc)
+            return
+        if retry:
+            message = f"Tiled refused {what}: {exc!r}; the run is written again from the spool"
+            self._mark_for_redelivery(run)
+        else:
+            message = (f"Tiled refused {what}: {exc!r}; the run stays in the spool "
+                       f"({self.spool_directory or 'memory'}; `txm-live spool flush` tries again)")
+            run.needs_redelivery = False
+            run.writer = None
+            self._backlog.add(run.uid)
+        self.failures.append(message)
+        logger.error(message)
 
     def _go_offline(self, what: str, exc: BaseException) -> None:
         if not self._offline:
@@ -245,7 +278,7 @@ class SafeTiledWriter:
                 run.how = deliver_run(self._client, documents).action
                 problems = stored_problems(self._client, tally_documents(documents))
         except Exception as exc:
-            self._go_offline(f"checking run {run.uid}", exc)
+            self._failed(run, f"checking run {run.uid}", exc, retry=False)
             return
         if problems:
             message = f"run {run.uid} stays in the spool: Tiled does not hold it completely ({'; '.join(problems)})"
@@ -286,8 +319,10 @@ class SafeTiledWriter:
             try:
                 delivery = deliver_run(self._client, documents, open_batch_size=self.batch_size)
             except Exception as exc:
-                self._go_offline(f"redelivering run {uid}", exc)
-                return
+                self._failed(run, f"redelivering run {uid}", exc, retry=False)
+                if self._offline:
+                    return
+                continue
             logger.info("run %s %s from the spool (%d documents)", uid, delivery.action, len(documents))
             run.writer, run.delivered, run.needs_redelivery = delivery.writer, len(documents), False
             run.how = delivery.action
