@@ -58,6 +58,10 @@ HIGH_WATER_MARK = 100_000
 DEFAULT_IN_PORT, DEFAULT_OUT_PORT = 5577, 5578
 #: The proxy and the default addresses are on this interface only
 LOOPBACK = "127.0.0.1"
+#: Seconds a new subscriber waits for its subscription to reach the publishers
+SUBSCRIPTION_SETTLE_S = 0.5
+#: Milliseconds the service waits for a message before checking whether to stop
+RECEIVE_POLL_MS = 200
 
 
 # ---- serializer ------------------------------------------------------------------------
@@ -400,7 +404,7 @@ class AnalysisService:
             self._print(f"run {uid}: {reason}; its analysis run was closed (exit_status 'abort')")
 
     # ---- running ------------------------------------------------------------------------
-    def run(self, *, ready=None, settle_s: float = 0.5) -> None:
+    def run(self, *, ready=None, settle_s: float = SUBSCRIPTION_SETTLE_S) -> None:
         """Receive and dispatch until :meth:`stop`; then close open runs.
 
         ``ready`` (callable) is called once subscribed (after ``settle_s`` for the
@@ -420,7 +424,7 @@ class AnalysisService:
             if ready is not None:
                 ready()
             while not self._stop.is_set():
-                if not poller.poll(200):
+                if not poller.poll(RECEIVE_POLL_MS):
                     continue
                 self._receive(sock.recv())
         finally:

@@ -5,7 +5,12 @@ At a facility txm-live points at the facility's Tiled URL; on a laptop or in tes
 background thread, reachable over HTTP so a second process (another IPython, a replay, an
 analysis worker) can read the runs. Raw frames stay in the detector's HDF5 files; Tiled
 registers them as external data, so the server is given the frame folder as readable
-storage.
+storage. The embedded server listens on 127.0.0.1 only and requires an API key.
+
+Writing goes through :class:`SafeTiledWriter` (:mod:`txm_live.store_writer`), which
+spools every document locally (:mod:`txm_live.spool`) and delivers each run exactly once
+(:mod:`txm_live.store_delivery`), across outages of the server. :func:`connect` fails fast,
+naming the address, when nothing answers there.
 """
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ import threading
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["EmbeddedTiled", "connect", "catalog_exists", "catalog_api_key", "check_port_free",
+           "register_bluesky_exporters", "SafeTiledWriter", "subscribe_tiled_writer", "TiledUnavailable",
+           "probe_tiled", "URI_FILE", "API_KEY_FILE", "CATALOG_FILE"]
 
 URI_FILE = "tiled-uri.txt"
 #: Tiled's catalog database inside a catalog folder (its presence means "a catalog lives here")

@@ -42,6 +42,8 @@ __all__ = ["SafeTiledWriter", "subscribe_tiled_writer", "DEFAULT_RETRY_INTERVAL_
 
 #: Seconds between two probes of a server that went away.
 DEFAULT_RETRY_INTERVAL_S = 5.0
+#: Seconds between two looks at the queue while waiting for it (flush, wait_delivered)
+_WAIT_POLL_S = 0.02
 
 
 @dataclasses.dataclass
@@ -363,7 +365,7 @@ class SafeTiledWriter:
         while self._queue.unfinished_tasks:
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            time.sleep(0.01)
+            time.sleep(_WAIT_POLL_S)
         return True
 
     def wait_delivered(self, timeout: float | None = 60.0) -> bool:
@@ -372,7 +374,7 @@ class SafeTiledWriter:
         while self._queue.unfinished_tasks or self._backlog:
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            time.sleep(0.02)
+            time.sleep(_WAIT_POLL_S)
         return True
 
     def close(self, timeout: float | None = 60.0) -> None:
