@@ -55,6 +55,7 @@ class _Run:
     stopped: bool = False
     spool_complete: bool = True    # False once a document could not be spooled
     how: str = "live"              # how Tiled got it: 'live', or what the last redelivery did
+    given_up: bool = False         # Tiled refused it twice: it waits in the spool, reported
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -219,6 +220,8 @@ class SafeTiledWriter:
             return  # a redelivery from the spool has written it already
         if name == "stop":
             run.stopped = True
+        if run.given_up:
+            return  # spooled; reported when Tiled refused it
         if self._offline or run.needs_redelivery:
             self._mark_for_redelivery(run)
             return
@@ -236,7 +239,7 @@ class SafeTiledWriter:
             self._confirm(run)
 
     def _mark_for_redelivery(self, run: _Run) -> None:
-        run.needs_redelivery = True
+        run.needs_redelivery, run.given_up = True, False
         run.writer = None
         self._backlog.add(run.uid)
 
@@ -252,7 +255,7 @@ class SafeTiledWriter:
         else:
             message = (f"Tiled refused {what}: {exc!r}; the run stays in the spool "
                        f"({self.spool_directory or 'memory'}; `txm-live spool flush` tries again)")
-            run.needs_redelivery = False
+            run.needs_redelivery, run.given_up = False, True
             run.writer = None
             self._backlog.add(run.uid)
         self.failures.append(message)
