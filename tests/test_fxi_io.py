@@ -19,7 +19,8 @@ from fxi_beamline import (
 
 from simulators.model import SimConfig, SimTXM
 from simulators.phantom import make_nmc_phantom
-from simulators.stacks import edge_energies, simulate_xanes_stack
+from simulators.stacks import simulate_xanes_stack
+from txm_live.energies import xanes_energy_list
 from txm_live.io import (
     FxiLayoutError,
     FxiLayoutWarning,
@@ -36,7 +37,7 @@ from txm_live.io import (
     write_maps_h5,
 )
 
-ENERGIES = edge_energies()[::8][::-1]  # 9 energies, high → low as FXI scans
+ENERGIES = xanes_energy_list(8333.0)[::11][::-1]  # 8 energies, high → low as FXI scans
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_ambiguous_incomplete_and_inconsistent_files_name_their_datasets(tmp_pat
     with h5py.File(xanes_file, "a") as f:
         del f["X_eng"]
         f["X_eng"] = [8.3, 8.4]
-    with pytest.raises(FxiLayoutError, match=r"img_xanes has shape \(9, 64, 64\), expected \(2, ny, nx\) "
+    with pytest.raises(FxiLayoutError, match=r"img_xanes has shape \(8, 64, 64\), expected \(2, ny, nx\) "
                                               r"\(2 energies in X_eng\)"):
         read_fxi(xanes_file)
 

@@ -1,8 +1,9 @@
 """Batch analysis of FXI-style 2D XANES files (``txm-live analyze FILE.h5``).
 
-Reads the file, corrects flats/darks, aligns the frames, fits every pixel and
-writes the maps as HDF5 and PNG. The CLI only dispatches to
-:func:`add_analyze_arguments` and :func:`run_analyze`.
+Reads the file, puts its frames through the same staged pipeline as the live analysis
+(:class:`txm_live.analysis.Xanes2DPipeline`: flat/dark, alignment, fit) and writes the
+maps as HDF5 and PNG. The CLI only dispatches to :func:`add_analyze_arguments` and
+:func:`run_analyze`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ReconstructionUnavailableError", "absorbance_from_fxi", "analyze_fxi_file",
-           "add_analyze_arguments", "run_analyze"]
+from .analysis import NO_ENERGY_INDEX, FrameLabel, Xanes2DPipeline, XanesScanLayout
+from .io import FxiFlyScan, read_fxi, write_maps_h5
+
+__all__ = ["ReconstructionUnavailableError", "analyze_fxi_file", "add_analyze_arguments", "run_analyze"]
 
 _PNG_MAPS = ("whiteline", "edge", "edge_jump")
 _ALIGN_MODES = ("running_mean", "reference", "neighbour", "none")
@@ -24,75 +27,6 @@ _LAYOUT_CHOICES = ("auto", "xanes2d", "xanes2d_raw", "fly_scan")
 
 class ReconstructionUnavailableError(NotImplementedError):
     """The file is a fly scan; tomographic reconstruction is not part of this version yet."""
-
-
-def _per_energy(stack, n: int):
-    """``i -> stack[i]`` for a per-energy stack, ``i -> stack[0]`` for a single image, else None."""
-    if stack is None or stack.shape[0] not in (1, n):
-        return None
-    return (lambda i: stack[i]) if stack.shape[0] == n else (lambda i: stack[0])
-
-
-def absorbance_from_fxi(data, *, on_energy=None) -> tuple[np.ndarray, int]:
-    """The absorbance stack the XANES fit takes, from a 2D XANES file as read.
-
-    Raw frames, when the file has them (a raw file, or txm-live's export with
-    ``/txm_live/raw``), are corrected as the live analysis does
-    (:func:`txm_live.analysis.flat_dark_correct`: zingers removed, darks combined by
-    their median); several frames per energy are averaged first, flats come from the
-    nearest energy that has them.
-
-    FXI's transmission ``T`` is turned back into mean sample counts with FXI's own
-    averaged flat ``F`` and dark ``D`` (``S = T (F - D) + D``), so that the same zinger
-    removal applies before ``-ln``: FXI's export removes none, and on the simulated
-    128² Ni scan the zingers left in ``T`` raise the drift error from 0.04 to 0.19 px.
-    Without ``img_bkg``/``img_dark`` it is ``-ln T``. Pixels FXI marked invalid (its
-    zeros, NaN in ``data.transmission``) stay NaN.
-
-    Parameters
-    ----------
-    data : txm_live.io.FxiXanes2D
-    on_energy : callable, optional
-        Called with each energy row once it is done (progress).
-
-    Returns
-    -------
-    absorbance : ndarray, float32, shape (n_energies, ny, nx)
-        NaN where no value could be computed.
-    n_invalid : int
-        Number of NaN values.
-    """
-    from .analysis import FlatDarkWarning, flat_dark_correct
-    from .io import nearest_flat_rows
-
-    n = data.energies_ev.size
-    absorb = np.empty((n, *data.image_shape), np.float32)
-    if data.frames is not None:
-        f_idx = np.asarray(data.frame_energy_index)
-        if data.flat_energy_index is None:  # repeated flats, median-combined
-            flat_of = {i: data.flats for i in range(n)}
-        else:
-            b_idx = np.asarray(data.flat_energy_index)
-            flat_of = {i: data.flats[b_idx == r] for i, r in enumerate(nearest_flat_rows(b_idx, n))}
-    flat_avg, dark_avg = _per_energy(data.flat_avg, n), _per_energy(data.dark_avg, n)
-    for i in range(n):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FlatDarkWarning)  # counted below, reported once
-            if data.frames is not None:
-                frames, flats = data.frames[f_idx == i], flat_of[i]
-                frame = frames[0] if frames.shape[0] == 1 else frames.mean(axis=0, dtype=np.float32)
-                flat = flats[0] if flats.shape[0] == 1 else np.median(flats, axis=0)
-                absorb[i] = flat_dark_correct(frame, flat, data.darks, dtype=np.float32)
-            elif flat_avg is not None and dark_avg is not None:
-                flat, dark = flat_avg(i), dark_avg(i)
-                counts = data.transmission[i] * (flat - dark) + dark
-                absorb[i] = flat_dark_correct(counts, flat, dark, dtype=np.float32)
-            else:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    absorb[i] = -np.log(data.transmission[i])
-        if on_energy is not None:
-            on_energy(i)
-    return absorb, int(np.count_nonzero(np.isnan(absorb)))
 
 
 def _png(path: Path, image: np.ndarray, title: str, label: str) -> Path:
@@ -110,6 +44,121 @@ def _png(path: Path, image: np.ndarray, title: str, label: str) -> Path:
     return path
 
 
+def _repeats(energy_index) -> np.ndarray:
+    """``repeat`` of each frame: how many frames of its energy row came before it."""
+    seen: dict[int, int] = {}
+    out = np.empty(len(energy_index), dtype=np.int64)
+    for k, i in enumerate(energy_index):
+        out[k] = seen.get(int(i), 0)
+        seen[int(i)] = out[k] + 1
+    return out
+
+
+def _per_energy_count(energy_index, what: str, path) -> int:
+    counts = np.bincount(np.asarray(energy_index, dtype=np.int64))
+    counts = counts[counts > 0]
+    if counts.size and counts.min() != counts.max():
+        raise ValueError(f"{path}: the {what} frames are not the same number per energy "
+                         f"({counts.min()} to {counts.max()}); the pipeline needs a regular scan")
+    return int(counts.max()) if counts.size else 0
+
+
+def _layout(data) -> XanesScanLayout:
+    """The scan layout of a 2D XANES file (:class:`txm_live.io.FxiXanes2D`)."""
+    energies = data.energies_ev
+    if data.frames is not None:  # raw counts: img_xanes of a raw file, or /txm_live/raw
+        n_darks = 0 if data.darks is None else data.darks.shape[0]
+        fpe = _per_energy_count(data.frame_energy_index, "sample", data.path)
+        if data.flat_energy_index is None:  # repeated flats, one set
+            return XanesScanLayout(energies, frames_per_energy=fpe, n_darks=n_darks,
+                                   flats_per_energy=data.flats.shape[0], flat_energy_indices=(0,))
+        rows = sorted({int(i) for i in data.flat_energy_index})
+        return XanesScanLayout(energies, frames_per_energy=fpe, n_darks=n_darks,
+                               flats_per_energy=_per_energy_count(data.flat_energy_index, "flat", data.path),
+                               flat_energy_indices=rows)
+    n_darks = 0 if data.dark_avg is None else data.dark_avg.shape[0]
+    if data.flat_avg is None or data.flat_avg.shape[0] == energies.size:
+        return XanesScanLayout(energies, n_darks=n_darks)
+    return XanesScanLayout(energies, n_darks=n_darks, flats_per_energy=data.flat_avg.shape[0],
+                           flat_energy_indices=(0,))
+
+
+def _feed_raw(pipeline: Xanes2DPipeline, data, bar) -> None:
+    """Raw darks, flats and sample frames, labelled by their energy rows in the file."""
+    for r, dark in enumerate(data.darks if data.darks is not None else []):
+        pipeline.add_frame(FrameLabel("dark", NO_ENERGY_INDEX, r), dark, source=("dark", r))
+    flat_rows = (np.zeros(data.flats.shape[0], np.int64) if data.flat_energy_index is None
+                 else np.asarray(data.flat_energy_index))
+    for k, (i, r) in enumerate(zip(flat_rows, _repeats(flat_rows))):
+        pipeline.add_frame(FrameLabel("flat", int(i), int(r)), data.flats[k], source=("flat", k))
+    rows = np.asarray(data.frame_energy_index)
+    for k, (i, r) in enumerate(zip(rows, _repeats(rows))):
+        pipeline.add_frame(FrameLabel("sample", int(i), int(r)), data.frames[k], source=("sample", k))
+        bar.update(1)
+
+
+def _feed_transmission(pipeline: Xanes2DPipeline, data, bar) -> None:
+    """FXI's transmission ``T``, turned back into counts when FXI's flats and darks are there.
+
+    ``S = T (F - D) + D`` with FXI's averaged flat ``F`` and dark ``D``: the pipeline then
+    removes zingers before ``-ln`` as it does live. FXI's export removes none, and on the
+    simulated 128² Ni scan the zingers left in ``T`` raise the drift error from 0.04 to
+    0.19 px. Without ``img_bkg``/``img_dark`` the frames are ``-ln T``. Pixels FXI marked
+    invalid (its zeros, NaN in ``data.transmission``) stay NaN.
+    """
+    if data.flat_avg is None or data.dark_avg is None:
+        warnings.warn(f"{data.path.name} has no img_bkg/img_dark: img_xanes is taken as transmission I/I0 "
+                      "(no zinger removal)", UserWarning, stacklevel=3)
+        for i, frame in enumerate(data.transmission):
+            pipeline.add_transmission(FrameLabel("sample", i, 0), frame, source=("img_xanes", i))
+            bar.update(1)
+        return
+    for r, dark in enumerate(data.dark_avg):
+        pipeline.add_frame(FrameLabel("dark", NO_ENERGY_INDEX, r), dark, source=("img_dark", r))
+    dark = data.dark_avg[0] if data.dark_avg.shape[0] == 1 else np.median(data.dark_avg, axis=0)
+    per_energy = data.flat_avg.shape[0] == data.energies_ev.size
+    for r, flat in enumerate(data.flat_avg):
+        label = FrameLabel("flat", r, 0) if per_energy else FrameLabel("flat", 0, r)
+        pipeline.add_frame(label, flat, source=("img_bkg", r))
+    for i, t in enumerate(data.transmission):
+        flat = data.flat_avg[i] if per_energy else np.median(data.flat_avg, axis=0)
+        counts = (t * (flat - dark) + dark).astype(np.float32)
+        pipeline.add_frame(FrameLabel("sample", i, 0), counts, source=("img_xanes", i))
+        bar.update(1)
+
+
+def _feed(pipeline: Xanes2DPipeline, data, bar) -> None:
+    """Every frame of the file into the pipeline (raw frames when the file keeps them)."""
+    if data.frames is not None:
+        _feed_raw(pipeline, data, bar)
+    else:
+        _feed_transmission(pipeline, data, bar)
+
+
+def _write_outputs(path: Path, out_dir: Path, data, pipeline: Xanes2DPipeline, align: str) -> dict[str, Path]:
+    res = pipeline.result
+    stem = path.stem
+    outputs: dict[str, Path] = {}
+    outputs["maps"] = write_maps_h5(
+        out_dir / f"{stem}_maps.h5",
+        {
+            "whiteline": res.whiteline, "edge": res.edge, "edge_jump": res.edge_jump,
+            "pre_edge": res.pre_edge, "whiteline_height": res.whiteline_height,
+            "noise": res.noise, "status": res.status, "mask": res.mask,
+            "shifts": np.asarray(pipeline.shifts, dtype=float).reshape(-1, 2), "energies_ev": res.energies,
+        },
+        attrs={"source": str(path), "layout": data.layout, "layout_reason": data.layout_reason, "align": align, "fit_params": dict(res.params),
+               "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification},
+    )
+    labels = {"whiteline": "eV", "edge": "eV", "edge_jump": "absorbance"}
+    for name in _PNG_MAPS:
+        img = np.asarray(getattr(res, name), dtype=np.float64)
+        if name != "edge_jump":
+            img = np.where(res.mask, img, np.nan)
+        outputs[name] = _png(out_dir / f"{stem}_{name}.png", img, f"{stem}: {name.replace('_', ' ')}", labels[name])
+    return outputs
+
+
 def analyze_fxi_file(
     path,
     output_dir,
@@ -118,15 +167,22 @@ def analyze_fxi_file(
     layout: str = "auto",
     align: str = "running_mean",
     roi=None,
+    zinger_sigma: float | None = 10.0,
     **fit_params,
 ) -> dict[str, Path]:
     """Analyse one FXI-style 2D XANES file and write its maps.
+
+    The frames go through the same :class:`txm_live.analysis.Xanes2DPipeline` as the
+    live analysis (dark/flat, per-frame correction, registration in acquisition order,
+    :func:`~txm_live.analysis.fit_xanes`), so a file exported from a stored run gives the
+    live run's maps.
 
     Parameters
     ----------
     path : str or Path
         FXI 2D XANES HDF5 file (``X_eng``, ``img_xanes``, ``img_bkg``, ``img_dark``),
-        read with :func:`txm_live.io.read_fxi`.
+        read with :func:`txm_live.io.read_fxi`; raw frames are used when the file keeps
+        them (a raw file, or txm-live's export with ``/txm_live/raw``).
     output_dir : str or Path
         Folder for the outputs (created if missing).
     progress : bool, optional
@@ -135,11 +191,12 @@ def analyze_fxi_file(
         How to read the file (see :func:`txm_live.io.read_fxi`); ``'auto'`` recognises
         it and refuses a file whose content contradicts its layout.
     align : {'running_mean', 'reference', 'neighbour', 'none'}, optional
-        Drift correction before fitting (see
-        :class:`txm_live.analysis.StackAligner`); frames are registered in
-        order of energy. Default ``'running_mean'``.
+        Drift correction before fitting (see :class:`txm_live.analysis.StackAligner`);
+        frames are registered in the file's (acquisition) order. Default ``'running_mean'``.
     roi : tuple of two slices, optional
         Region used for registration.
+    zinger_sigma : float or None, optional
+        Zinger/hot-pixel threshold (:func:`~txm_live.analysis.remove_zingers`); None: off.
     **fit_params
         Passed to :func:`txm_live.analysis.fit_xanes` (``e0``, ``pre1``, ...).
 
@@ -150,18 +207,8 @@ def analyze_fxi_file(
         ``pre_edge``, ``whiteline_height``, ``noise``, ``status``, ``mask``,
         ``shifts``, ``energies_ev``; the fit parameters as attributes) and one
         PNG per map in ``whiteline``, ``edge``, ``edge_jump``.
-
-    Raises
-    ------
-    txm_live.io.FxiLayoutError
-        The file's layout is ambiguous, inconsistent or contradicts its content.
-    ReconstructionUnavailableError
-        The file is a fly scan (reconstruction arrives with the tomography work).
     """
     from tqdm.auto import tqdm
-
-    from .analysis import StackAligner, apply_shifts, fit_xanes
-    from .io import FxiFlyScan, read_fxi, write_maps_h5
 
     if align not in _ALIGN_MODES:
         raise ValueError(f"align must be one of {_ALIGN_MODES}; got {align!r}")
@@ -175,56 +222,19 @@ def analyze_fxi_file(
             f"is not available in this version of txm-live yet. The file reads with "
             f"txm_live.io.read_fxi_fly_scan")
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = data.energies_ev.size
-    total = n + (n if align != "none" else 0) + 2
-    bar = tqdm(total=total, desc=path.name, disable=not progress, unit="step", file=sys.stderr)
-    try:
-        # 1. absorbance, energy by energy (progress)
-        bar.set_postfix_str("flat/dark" if data.transmission is None or data.frames is not None else "-ln T")
-        absorb, n_bad = absorbance_from_fxi(data, on_energy=lambda i: bar.update(1))
-        if n_bad:
-            warnings.warn(f"{n_bad} pixel values are invalid (NaN): FXI's zeros, or not above the dark",
-                          UserWarning, stacklevel=2)
-        # 2. alignment in energy order
-        shifts = np.zeros((n, 2))
-        if align != "none":
-            bar.set_postfix_str("align")
-            aligner = StackAligner(mode=align, roi=roi)
-            for k in np.argsort(data.energies_ev, kind="stable"):
-                shifts[k] = aligner.add(absorb[k])
-                bar.update(1)
-            absorb = apply_shifts(absorb, shifts, order=1)
-        # 3. fit
+    pipeline = Xanes2DPipeline(_layout(data), registration_mode=align, roi=roi, zinger_sigma=zinger_sigma,
+                               fit_params=fit_params, partial_every=0)
+    n = data.energies_ev.size if data.frames is None else data.frames.shape[0]
+    with tqdm(total=n + 2, desc=path.name, disable=not progress, unit="frame", file=sys.stderr) as bar:
+        bar.set_postfix_str("correct + align")
+        _feed(pipeline, data, bar)
+        pipeline.finish()
         bar.set_postfix_str("fit")
-        res = fit_xanes(absorb, data.energies_ev, **fit_params)
+        pipeline.fit_final()
         bar.update(1)
-        # 4. write
         bar.set_postfix_str("write")
-        stem = path.stem
-        params = {k: v for k, v in res.params.items()}
-        outputs: dict[str, Path] = {}
-        outputs["maps"] = write_maps_h5(
-            out_dir / f"{stem}_maps.h5",
-            {
-                "whiteline": res.whiteline, "edge": res.edge, "edge_jump": res.edge_jump,
-                "pre_edge": res.pre_edge, "whiteline_height": res.whiteline_height,
-                "noise": res.noise, "status": res.status, "mask": res.mask,
-                "shifts": shifts, "energies_ev": res.energies,
-            },
-            attrs={"source": str(path), "layout": data.layout, "layout_reason": data.layout_reason,
-                   "align": align, "fit_params": params,
-                   "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification},
-        )
-        labels = {"whiteline": "eV", "edge": "eV", "edge_jump": "absorbance"}
-        for name in _PNG_MAPS:
-            img = np.asarray(getattr(res, name), dtype=np.float64)
-            if name != "edge_jump":
-                img = np.where(res.mask, img, np.nan)
-            outputs[name] = _png(out_dir / f"{stem}_{name}.png", img,
-                                 f"{stem}: {name.replace('_', ' ')}", labels[name])
+        outputs = _write_outputs(path, out_dir, data, pipeline, align)
         bar.update(1)
-    finally:
-        bar.close()
     return outputs
 
 

@@ -135,21 +135,54 @@ def _identity(start: dict) -> dict:
     )
 
 
+#: Event keys that say what each frame is (the plan stubs' frame labels).
+LABEL_KEYS = ("frame_energy_index", "frame_repeat")
+
+
+def _rows_by_label(frames: RunFrames, stream: str, energy_rows, per_energy: int):
+    """Row of each (energy row, repeat) of a stream, chosen by the frames' labels.
+
+    A frame re-taken after a pause appears twice; the later row wins (the analysis'
+    rule). Returns the rows in scan order, and the energy row of each; None when the
+    run's events carry no labels (recorded before labels existed: rows in file order).
+    """
+    keys = frames.run[stream].metadata["data_keys"]
+    if not all(k in keys for k in LABEL_KEYS):
+        return None
+    index, repeat = (frames.column(stream, k).astype(np.int64) for k in LABEL_KEYS)
+    latest = {(int(i), int(r)): row for row, (i, r) in enumerate(zip(index, repeat))}
+    wanted = [(int(i), r) for i in energy_rows for r in range(per_energy)]
+    missing = [w for w in wanted if w not in latest]
+    if missing:
+        raise ValueError(f"the run's {stream} stream lacks frames (energy index, repeat) {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''} (was it aborted?). Only complete runs are exported")
+    return np.array([latest[w] for w in wanted]), np.array([w[0] for w in wanted])
+
+
+def _select(frames: RunFrames, stream: str, energy_rows, per_energy: int):
+    """A stream's frames in scan order and the energy row of each (labels, else file order)."""
+    images = frames.frames(stream)
+    chosen = _rows_by_label(frames, stream, energy_rows, per_energy)
+    if chosen is None:
+        expected = len(energy_rows) * per_energy
+        if images.shape[0] != expected:
+            raise ValueError(f"the run has {images.shape[0]} {stream} frames; a complete scan has {expected} "
+                             f"(was it aborted?). Only complete runs are exported")
+        return images, np.repeat(np.asarray(energy_rows), per_energy)
+    rows, energy_index = chosen
+    return images[rows], energy_index
+
+
 def _xanes_from_run(frames: RunFrames, start: dict, *, with_raw: bool):
     energies = np.asarray(start["energies_ev"], dtype=np.float64)
     fpe = int(start.get("frames_per_energy", 1))
     flats_per = int(start.get("flats_per_energy", 1))
     flat_rows = list(start.get("flat_energy_indices", range(energies.size)))
-    sample, flat, dark = (frames.frames(s) for s in ("primary", "flat", "dark"))
-    expected = {"primary": energies.size * fpe, "flat": len(flat_rows) * flats_per}
-    for stream, got in (("primary", sample.shape[0]), ("flat", flat.shape[0])):
-        if got != expected[stream]:
-            raise ValueError(f"the run has {got} {stream} frames; a complete scan of {energies.size} energies "
-                             f"has {expected[stream]} (was it aborted?). Only complete runs are exported")
+    sample, sample_index = _select(frames, "primary", range(energies.size), fpe)
+    flat, flat_index = _select(frames, "flat", flat_rows, flats_per)
     data = fxi_xanes_from_frames(
-        sample, flat, dark, energies, frame_energy_index=np.arange(sample.shape[0]) // fpe,
-        flat_energy_index=np.asarray(flat_rows)[np.arange(flat.shape[0]) // flats_per], keep_raw=with_raw,
-        **_identity(start),
+        sample, flat, frames.frames("dark"), energies, frame_energy_index=sample_index,
+        flat_energy_index=flat_index, keep_raw=with_raw, **_identity(start),
     )
     return data, f"{start.get('plan_name', 'xanes_scan')}_id_{start.get('scan_id')}.h5"
 
