@@ -12,6 +12,10 @@ Expected outcomes, asserted:
   by one ``txm-live replay UID`` command.
 * A raw run that never sends a stop (its process died) has its analysis closed when the
   next run starts.
+
+The service restart and the profile's publishing take minutes of wall time (beamline
+timing, process starts): they are marked ``outage_long`` and run by
+``benchmarks/bench_outage.py``, not by ``make test``.
 """
 from __future__ import annotations
 
@@ -211,6 +215,7 @@ def test_analysis_in_a_separate_process_equals_the_in_process_one(remote, tiled_
     assert f"run {uid}: ended (success)" in remote["service"].output()
 
 
+@pytest.mark.outage_long
 def test_the_service_survives_its_restart_and_a_missed_run_is_replayed_with_one_command(remote, tiled_server):
     client = tiled_server.client()
     proxy, service = remote["proxy"], remote["service"]
@@ -249,6 +254,7 @@ def test_the_service_survives_its_restart_and_a_missed_run_is_replayed_with_one_
     assert len(full[0]["drift"]["drift_x_px"].read()) == len(ENERGIES[::2])
 
 
+@pytest.mark.outage_long
 def test_the_profile_publishes_and_leaves_the_analysis_to_another_process(tmp_path):
     import os
     import textwrap

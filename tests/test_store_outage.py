@@ -2,12 +2,20 @@
 
 Expected outcomes, asserted:
 
-* Tiled killed for 30 s in the middle of a scan: the scan finishes untouched; afterwards
-  the raw run in Tiled holds every event and frame exactly once and its stop document,
-  and its analysis run exists with the same maps the live analysis computed.
-* A scan made while Tiled is down is delivered when it returns.
+* Tiled killed in the middle of a scan (after it stored part of the run) and restarted:
+  the scan finishes untouched; afterwards the raw run in Tiled holds every event and frame
+  exactly once and its stop document (the partial record replaced, not appended to), and
+  its analysis run exists with the same maps the live analysis computed. In ``make test``
+  the outage is a few seconds on a scan without beamline timing; the acceptance case —
+  30 s during a scan in beamline time — is marked ``outage_long``.
+* A scan made while Tiled is down is delivered when it returns (``outage_long``).
 * The acquisition process killed mid-scan: its runs wait in the spool as orphans;
-  ``txm-live spool flush`` closes them (``exit_status='abort'``) and delivers them.
+  ``txm-live spool flush`` closes them (``exit_status='abort'``) and delivers them
+  (``outage_long``).
+
+``outage_long`` cases take minutes of wall time (beamline timing, a 30 s outage, process
+starts), so ``make test`` leaves them out; ``benchmarks/bench_outage.py`` runs them
+(``pytest -m outage_long``) and prints their figures.
 """
 from __future__ import annotations
 
@@ -37,6 +45,9 @@ from txm_live.store import subscribe_tiled_writer
 from txm_live.store_process import TiledServerProcess
 
 OUTAGE_S = 30.0
+#: The outage of the quick case in ``make test``: long enough for the writer to fail, go
+#: offline and probe at least once before the server is back.
+SHORT_OUTAGE_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +90,48 @@ def _kill_when_stored(server, client, uids, *, min_events: int, outage_s: float,
     return thread
 
 
+def test_tiled_killed_mid_scan_and_restarted_loses_and_doubles_nothing(tiled_process, tmp_path,
+                                                                         short_client_retries):
+    server = tiled_process
+    RE = RunEngine({}, call_returns_result=False)
+    writer = subscribe_tiled_writer(RE, server.client(), spool_directory=tmp_path / "spool", retry_interval_s=1.0)
+    analysis_docs = []
+    live = subscribe_live_analysis(RE, None, writer=writer, sinks=[lambda n, d: analysis_docs.append((n, d))])
+    log = {}
+
+    def kill_at_third_energy(name, doc):
+        """On the RunEngine's thread, so the scan is surely running: once Tiled holds what
+        came so far, kill it; a thread restarts it SHORT_OUTAGE_S later."""
+        if doc["seq_num"] != 3 or "killed" in log:
+            return
+        assert writer.flush(60)
+        log["held"] = len(stored_seq_nums(server.client()[doc_uids[0]], "primary"))
+        server.kill()
+        log["killed"] = True
+        threading.Timer(SHORT_OUTAGE_S, lambda: (server.start(), log.setdefault("restarted", True))).start()
+
+    doc_uids = []
+    RE.subscribe(lambda name, doc: doc_uids.append(doc["uid"]), "start")
+    RE.subscribe(kill_at_third_energy, "event")
+    (uid,) = RE(xanes_plan(make_beamline(server.test_frames, seed=3)))
+    assert log["held"] >= 1  # Tiled held part of the run when it died
+    assert live.wait(300) and writer.wait_delivered(600), writer.failures
+    assert log.get("restarted") and any("documents go to the spool" in f for f in writer.failures)
+
+    client = server.client()
+    raw = client[uid]
+    assert raw.metadata["stop"]["exit_status"] == "success"
+    counts = assert_raw_run_complete(raw, sorted(server.test_frames.glob("*.h5")))
+    assert counts == {"dark": 2, "flat": len(ENERGIES), "primary": len(ENERGIES)}
+    assert writer.deliveries[uid] == "replaced"  # the partial record was replaced, not appended to
+    (analysis,) = analysis_runs(client, uid).values()
+    assert analysis.metadata["stop"]["exit_status"] == "success"
+    np.testing.assert_array_equal(analysis["maps"]["whiteline"].read()[-1], final_maps(analysis_docs)["whiteline"])
+    assert stored_seq_nums(analysis, "drift") == list(range(1, len(ENERGIES) + 1))
+    assert writer.pending_runs == [] and list((tmp_path / "spool").glob("*.jsonl")) == []
+
+
+@pytest.mark.outage_long
 def test_killing_tiled_for_30_s_mid_scan_loses_nothing(tiled_process, tmp_path, short_client_retries):
     server = tiled_process
     client = server.client()
@@ -116,6 +169,7 @@ def test_killing_tiled_for_30_s_mid_scan_loses_nothing(tiled_process, tmp_path, 
     assert writer.pending_runs == [] and list((tmp_path / "spool").glob("*.jsonl")) == []
 
 
+@pytest.mark.outage_long
 def test_a_scan_made_while_tiled_is_down_is_delivered_when_it_returns(tiled_process, tmp_path, short_client_retries):
     server = tiled_process
     RE = RunEngine({}, call_returns_result=False)
@@ -154,6 +208,7 @@ ACQUISITION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.outage_long
 def test_an_acquisition_process_killed_mid_scan_is_closed_and_delivered_by_spool_flush(tiled_process, tmp_path):
     from pathlib import Path
 
