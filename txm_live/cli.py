@@ -1,4 +1,4 @@
-"""The ``txm-live`` command: ``demo``, ``serve``, ``analyze``, ``replay``.
+"""The ``txm-live`` command: ``demo``, ``serve``, ``analyze``, ``replay``, ``view``.
 
 Each sub-command lives in its own module; this file only parses and dispatches.
 """
@@ -40,6 +40,18 @@ def _run_replay(args) -> int:
     return run_replay(args)
 
 
+def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    from .viewer._serve import add_view_arguments  # no Panel import until the viewer runs
+
+    add_view_arguments(parser)
+
+
+def _run_view(args) -> int:
+    from .viewer import run_view
+
+    return run_view(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="txm-live", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         replay = sub.add_parser("replay", help="feed a stored run through the live analysis again")
         add_replay_arguments(replay)
         replay.set_defaults(func=_run_replay)
+
+    view = sub.add_parser("view", help="the live viewer in the browser (follow the scan, browse runs), from Tiled")
+    _add_view_arguments(view)
+    view.set_defaults(func=_run_view)
     return parser
 
 
