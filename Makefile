@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/txm-live demo --output demo-output
 
-test: $(STAMP)
+# The viewer tests drive Debian's Chromium (Playwright cannot download a browser here):
+# installed when we are root, otherwise a clear failure -- never a silent skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the viewer tests need Chromium: run 'sudo apt-get install -y chromium' (or make browser as root)" >&2; exit 1; fi; }
+
+test: $(STAMP) browser
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache test-output

@@ -72,10 +72,13 @@ class ViewerApp:
         self._n_polls = 0
         self._offline_since: float | None = None
         self._rows = []
+        self._rows_read = False
         self._build()
         self._callback = None
-        if run:
-            self.open(run)
+        self._open_at_start = run
+        self._resend = False
+        if self._served():  # once the browser has the page, send everything again: it misses nothing
+            pn.state.onload(lambda: setattr(self, "_resend", True))
         self._start()
 
     # ---------------------------------------------------------------- layout
@@ -121,10 +124,15 @@ class ViewerApp:
         return self.layout._repr_mimebundle_(include, exclude)
 
     # ---------------------------------------------------------------- lifecycle
+    def _served(self) -> bool:
+        return self._doc is not None and getattr(self._doc, "session_context", None) is not None
+
     def _start(self) -> None:
+        if self._open_at_start:
+            self.open(self._open_at_start)
         self._callback = pn.state.add_periodic_callback(self._tick, period=int(self.poll_interval_s * 1000))
         self._tick()
-        if self._doc is not None and getattr(self._doc, "session_context", None) is not None:
+        if self._served():
             self._doc.on_session_destroyed(lambda ctx: self.close())
 
     def close(self) -> None:
@@ -135,9 +143,8 @@ class ViewerApp:
         self.worker.close()
 
     def _post(self, fn) -> None:
-        doc = self._doc
-        if doc is not None and getattr(doc, "session_context", None) is not None:
-            doc.add_next_tick_callback(fn)
+        if self._served():
+            self._doc.add_next_tick_callback(fn)
         else:  # a notebook: Panel sends model changes from here
             fn()
 
@@ -149,7 +156,8 @@ class ViewerApp:
     def _poll(self):
         self._n_polls += 1
         apply = []
-        reconnected = self._offline_since is not None
+        reconnected = self._offline_since is not None or self._resend
+        self._resend = False
         if self.follow_on.value:
             newest = self.source.newest_raw_uid()
             current = self.follow.run.uid if self.follow.run is not None else None
@@ -159,8 +167,10 @@ class ViewerApp:
                 apply.append(lambda: self.follow.set_run(run))
         apply.append(self._poll_panel(self.follow, force=reconnected))
         apply.append(self._poll_panel(self.browse, force=reconnected))
-        if reconnected or self._n_polls % LIST_EVERY_POLLS == 1:
+        browsing = self.tabs.active == 1
+        if (browsing and (reconnected or self._n_polls % LIST_EVERY_POLLS == 1)) or not self._rows_read:
             rows = self.source.recent(LIST_LIMIT)
+            self._rows_read = True
             apply.append(lambda: self._set_rows(rows))
         apply = [a for a in apply if a is not None]
 

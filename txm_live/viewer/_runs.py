@@ -134,7 +134,8 @@ class TiledSource:
             return target
         uri_file = Path(target) / URI_FILE
         if not uri_file.exists():
-            raise TiledUnavailable(f"no Tiled server is running for {target!r} ({uri_file} is missing)")
+            raise TiledUnavailable(f"Tiled at {target} is not answering (no server is running for it: "
+                                   f"{uri_file} is missing)")
         return uri_file.read_text().strip()
 
     def client(self):
