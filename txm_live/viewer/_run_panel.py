@@ -127,7 +127,7 @@ class RunPanel:
         self.spectrum_fig.scatter("x", "y", source=self.pixel_source, legend_label="picked pixel", color="red",
                                   size=5)
         self.spectrum_fig.line("x", "y", source=self.pixel_source, color="red", alpha=0.5)
-        self.spectrum_fig.legend.location = "top_left"
+        _legend_below(self.spectrum_fig)
         self.energy_span = energy_marker(self.spectrum_fig, f"{n}-energy")
         self.pick_text = pn.pane.Markdown("Click a map to see that pixel's spectrum.", css_classes=[f"{n}-pick"])
 
@@ -136,7 +136,7 @@ class RunPanel:
         self.drift_fig.line("frame", "dy", source=self.drift_source, legend_label="dy (rows)", line_width=2)
         self.drift_fig.line("frame", "dx", source=self.drift_source, legend_label="dx (columns)", color="orange",
                             line_width=2)
-        self.drift_fig.legend.location = "top_left"
+        _legend_below(self.drift_fig)
 
         self.export = pn.pane.HTML("", css_classes=[f"{n}-export"], sizing_mode="stretch_width")
 
@@ -390,3 +390,12 @@ class RunPanel:
 
 def _stride_note(tile) -> str:
     return "" if tile.stride == 1 else f" (1:{tile.stride})"
+
+
+def _legend_below(fig) -> None:
+    """Move the legend under the plot: inside it hid the first frames of the drift trace
+    (drift starts at 0, where a top-left legend sits)."""
+    legend = fig.legend[0]
+    fig.center.remove(legend)
+    legend.orientation = "horizontal"
+    fig.add_layout(legend, "below")
