@@ -2,13 +2,17 @@
 
 Jobs are keyed; a job submitted under a key that is still waiting replaces the waiting
 one (a burst of zoom events reads once, a slow server does not pile up polls). A job
-returns a callable, which is run on the page's document (Bokeh's
-``add_next_tick_callback``, the thread-safe way to change models), or None.
+submitted under the key of the job that is running waits until that one is done and then
+goes to the back of the queue, behind whatever the running job submitted (a poll that
+queues image reads is not overtaken by the next poll). A job returns a callable, which
+is run on the page's document (Bokeh's ``add_next_tick_callback``, the thread-safe way to
+change models), or None.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ._runs import ViewerDataError
 
@@ -32,6 +36,8 @@ class PageWorker:
         self._post = post
         self._on_error = on_error
         self._jobs: dict[str, object] = {}
+        self._running: str | None = None
+        self._after_running: dict[str, object] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="txm-viewer-page", daemon=True)
@@ -42,13 +48,17 @@ class PageWorker:
         with self._cond:
             if self._closed:
                 return
+            if key == self._running:
+                self._after_running[key] = job
+                return
             self._jobs.pop(key, None)
             self._jobs[key] = job
             self._cond.notify()
 
     def pending(self, key: str) -> bool:
+        """True if a job under ``key`` waits (not counting one that runs)."""
         with self._cond:
-            return key in self._jobs
+            return key in self._jobs or key in self._after_running
 
     def close(self) -> None:
         with self._cond:
@@ -65,6 +75,8 @@ class PageWorker:
                     return
                 key = next(iter(self._jobs))
                 job = self._jobs.pop(key)
+                self._running = key
+            started = time.perf_counter()
             try:
                 result = job()
             except ViewerDataError as exc:
@@ -72,6 +84,13 @@ class PageWorker:
             except Exception as exc:  # the page shows one line; the log keeps the traceback
                 logger.exception("viewer job %r failed", key)
                 result = self._on_error(key, exc)
+            logger.debug("viewer job %r took %.3f s", key, time.perf_counter() - started)
+            with self._cond:
+                self._running = None
+                again = self._after_running.pop(key, None)
+                if again is not None and not self._closed:
+                    self._jobs.pop(key, None)
+                    self._jobs[key] = again
             if result is not None and not self._closed:
                 try:
                     self._post(result)
