@@ -53,6 +53,10 @@ XY_JS = """([name, x, y]) => { const m = Bokeh.documents[0].get_model_by_name(na
   return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)]; }"""
 ARRAY_JS = """name => { const m = Bokeh.documents[0].get_model_by_name(name);
   return {x: Array.from(m.data.x), y: Array.from(m.data.y)}; }"""
+DRIFT_JS = """prefix => { const d = Bokeh.documents[0]; const s = d.get_model_by_name(prefix + '-drift');
+  const f = d.get_model_by_name(prefix + '-drift-figure');
+  return {frame: Array.from(s.data.frame), dy: Array.from(s.data.dy),
+          legend_outside: f.below.some(m => m.type === 'Legend') && !f.center.some(m => m.type === 'Legend')}; }"""
 PAGE_TEXT_JS = """() => { const out = []; const walk = n => { if (n.shadowRoot) walk(n.shadowRoot);
   for (const c of n.children || []) { if (!['STYLE', 'SCRIPT', 'LINK'].includes(c.tagName)) walk(c); }
   if (n.nodeType === 1 && !n.children.length) out.push(n.textContent); }; walk(document.body); return out.join(' '); }"""
@@ -169,6 +173,16 @@ def figures():
     (SHOTS / "figures.json").write_text(json.dumps(figs, indent=2))
 
 
+def _maps_rows(client, analysis_uid):
+    """The maps table of an analysis run (one row per maps event), empty before the first."""
+    import pandas as pd
+
+    try:
+        return client[f"{analysis_uid}/maps/internal"].read()
+    except KeyError:
+        return pd.DataFrame({"n_energies": []})
+
+
 def test_follow_mode_shows_the_live_scan_and_switches_to_the_next(browser, viewer, beamline, tiled_server,
                                                                   figures):
     page = browser.new_page(viewport={"width": 1500, "height": 1400})
@@ -188,22 +202,35 @@ def test_follow_mode_shows_the_live_scan_and_switches_to_the_next(browser, viewe
     shot(page, "1-follow-first-partial-maps.png")
     title = page.evaluate("() => Bokeh.documents[0].get_model_by_name('follow-map-whiteline-figure').title.text")
     n_first = int(title.split("partial, ")[1].split(" energies")[0])
-    # ... and update as it goes: the page shows maps from more energies without reloading
-    analysis = lambda: beamline["live"].analysis_uids[uid1][0]  # noqa: E731
+    # ... and update as it goes: the page shows maps from more energies without reloading.
+    # A maps event is in Tiled once its row is in the maps table (TiledWriter writes the
+    # map arrays first, then that row).
+    analysis = beamline["live"].analysis_uids[uid1][0]
     client = tiled_server.client()
-    n_maps = client[f"{analysis()}/maps/whiteline"].shape[0]
-    while client[f"{analysis()}/maps/whiteline"].shape[0] == n_maps:
+    n_rows = len(_maps_rows(client, analysis))
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while len(rows := _maps_rows(client, analysis)) == n_rows and time.monotonic() < deadline:
         time.sleep(0.05)
     t_in_tiled = time.monotonic()
-    n_next = int(client[analysis()]["maps"]["n_energies"][-1])
+    assert len(rows) > n_rows, f"no maps event after the first {n_rows} (the scan is slowed to {EVENT_S} s/event)"
+    n_next = int(rows["n_energies"].iloc[-1])
     page.wait_for_function(
-        f"""() => {{ const t = Bokeh.documents[0].get_model_by_name('follow-map-whiteline-figure').title.text;
-        return t.includes('final') || t.includes('partial, {n_next} energies'); }}""", timeout=WAIT_MS, polling=50)
+        """n => { const t = Bokeh.documents[0].get_model_by_name('follow-map-whiteline-figure').title.text;
+        const m = t.match(/partial, (\\d+) energies/); return t.includes('final') || (m !== null && +m[1] >= n); }""",
+        arg=n_next, timeout=WAIT_MS, polling=50)
     figures["update_latency_s"] = round(time.monotonic() - t_in_tiled, 2)
     shot(page, "2-follow-maps-updated.png")
     thread.join(120)
     wait_text(page, ".follow-status", "final", timeout_ms=WAIT_MS)
     assert n_next > n_first
+    # the drift trace has every aligned frame, from the first, and its legend sits outside
+    # the plot (inside, it hid the first frames, where the drift is near 0)
+    drift = client[f"{analysis}/drift/internal"].read()
+    shown = page.evaluate(DRIFT_JS, "follow")
+    np.testing.assert_array_equal(shown["frame"], np.sort(drift["frame_index"]))
+    np.testing.assert_array_equal(shown["frame"], np.arange(len(ENERGIES)))
+    np.testing.assert_allclose(shown["dy"], drift.sort_values("frame_index")["drift_y_px"])
+    assert shown["legend_outside"]
     # the next scan: follow mode switches by itself
     thread, uid2 = _scan_in_thread(beamline, slow=False, sample="second electrode")
     header = wait_text(page, ".follow-header", uid2[:8])

@@ -1,14 +1,29 @@
 """The viewer page: follow mode, browse mode and the comparison of two runs.
 
 :class:`ViewerApp` builds one page (one per browser tab on the server, or one in a
-Jupyter cell). A periodic callback asks the page's worker to poll Tiled every
-:data:`POLL_INTERVAL_S`; the worker reads only what changed and posts it back to the
+Jupyter cell). Reads from Tiled run on the page's worker thread
+(:class:`~txm_live.viewer._worker.PageWorker`), which posts what it read back to the
 document, so the page updates without reloading and the web server never waits on Tiled.
+
+When to read: the page subscribes to Tiled's websocket streaming
+(:class:`~txm_live.viewer._watch.TiledWatch`); a new run, a new table row or a stop
+document wakes the worker at once, which reads only what changed. Between notifications
+a heartbeat every :data:`HEARTBEAT_S` asks Tiled for the newest run (one small request;
+it also notices a server that went away). Where the watch cannot be had (a server without
+streaming, a lost subscription) the page polls everything every ``poll_interval_s`` and
+tries the watch again every :data:`WATCH_RETRY_S`.
+
+A served page changes its document only once the browser has it
+(``pn.state.onload``): Panel drops changes made between the browser's first pull of the
+document and its "document ready", so results that arrive before then wait and are
+applied, in order, once the page is ready.
 """
 from __future__ import annotations
 
+import collections
 import html
 import logging
+import threading
 import time
 
 import pandas as pd
@@ -18,18 +33,26 @@ from ._run_panel import MapsPanel, RunPanel
 from ._runs import (TiledRefused, TiledSource, TiledUnavailable, UnknownRun, ViewerDataError,
                     open_run)
 from ._views import ColourControl
+from ._watch import CONTAINER, TiledWatch
 from ._worker import PageWorker
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ViewerApp", "POLL_INTERVAL_S"]
+__all__ = ["ViewerApp", "POLL_INTERVAL_S", "HEARTBEAT_S"]
 
-#: How often the page asks Tiled what changed (s); updates show within about twice this.
+#: Seconds between two polls of Tiled when no websocket watch is available.
 POLL_INTERVAL_S = 0.5
-#: The run list is refreshed every this many polls.
-LIST_EVERY_POLLS = 4
+#: Seconds between two "newest run?" requests while the watch reports changes.
+HEARTBEAT_S = 2.0
+#: Seconds after which every watched run is read again in full (guards against a missed
+#: notification; costs one poll).
+RESYNC_S = 30.0
+#: Seconds between two attempts to (re)build the websocket watch.
+WATCH_RETRY_S = 10.0
 #: Most runs listed in browse mode.
 LIST_LIMIT = 100
+#: The run list is refreshed every this many polls when polling.
+LIST_EVERY_POLLS = 4
 TABLE_COLUMNS = ["scan", "started", "scan type", "sample", "plan", "raw", "analysis", "uid"]
 
 
@@ -51,7 +74,9 @@ class ViewerApp:
     run : str, optional
         Open this run in browse mode at start.
     poll_interval_s : float
-        Seconds between two polls of Tiled.
+        Seconds between two page ticks (polls of Tiled when there is no websocket watch).
+    watch : bool
+        Use Tiled's websocket streaming to learn of changes (else always poll).
 
     Examples
     --------
@@ -62,11 +87,12 @@ class ViewerApp:
     """
 
     def __init__(self, tiled, *, api_key: str | None = None, run: str | None = None,
-                 poll_interval_s: float = POLL_INTERVAL_S):
+                 poll_interval_s: float = POLL_INTERVAL_S, watch: bool = True):
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0; got {poll_interval_s!r}")
         self.source = tiled if isinstance(tiled, TiledSource) else TiledSource(tiled, api_key=api_key)
         self.poll_interval_s = float(poll_interval_s)
+        self._use_watch = bool(watch)
         self._doc = pn.state.curdoc
         self.worker = PageWorker(self._post, self._job_failed)
         self._n_polls = 0
@@ -76,9 +102,17 @@ class ViewerApp:
         self._build()
         self._callback = None
         self._open_at_start = run
-        self._resend = False
-        if self._served():  # once the browser has the page, send everything again: it misses nothing
-            pn.state.onload(lambda: setattr(self, "_resend", True))
+        # worker-thread state of the watch
+        self._watch: TiledWatch | None = None
+        self._watch_retry_at = 0.0
+        self._updates: collections.deque = collections.deque()
+        self._last_heartbeat = self._last_resync = 0.0
+        # document-thread state of the page's lifecycle
+        self._ready_lock = threading.Lock()
+        self._ready = not self._served()
+        self._waiting: list = []  # results that arrived before the browser had the page
+        if self._served():
+            pn.state.onload(self._on_ready)
         self._start()
 
     # ---------------------------------------------------------------- layout
@@ -109,7 +143,7 @@ class ViewerApp:
         browse_tab = pn.Column(pn.Row(self.search, self.uid_input, self.open_button, self.compare_button),
                                self.table, self.browse_message, self.compare_area, self.browse.panel(),
                                name="browse")
-        self.tabs = pn.Tabs(("follow", follow_tab), ("browse", browse_tab), dynamic=False,
+        self.tabs = pn.Tabs(("follow", follow_tab), ("browse", browse_tab), dynamic=True,
                             sizing_mode="stretch_width")
         title = pn.pane.Markdown(f"## txm-live viewer — Tiled at {html.escape(self.source.display_uri)}")
         self.layout = pn.Column(title, self.banner, self.tabs, sizing_mode="stretch_width")
@@ -130,45 +164,138 @@ class ViewerApp:
     def _start(self) -> None:
         if self._open_at_start:
             self.open(self._open_at_start)
+        self._wake()  # the first read starts now, while the browser loads the page
         self._callback = pn.state.add_periodic_callback(self._tick, period=int(self.poll_interval_s * 1000))
-        self._tick()
         if self._served():
             self._doc.on_session_destroyed(lambda ctx: self.close())
 
     def close(self) -> None:
-        """Stop polling (the page closed)."""
+        """Stop polling and watching (the page closed)."""
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
         self.worker.close()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
+
+    def _on_ready(self) -> None:
+        """The browser has the page: apply what waited for it, in order."""
+        with self._ready_lock:
+            self._ready = True
+            waiting, self._waiting = self._waiting, []
+        for fn in waiting:
+            self._doc.add_next_tick_callback(fn)
 
     def _post(self, fn) -> None:
-        if self._served():
-            self._doc.add_next_tick_callback(fn)
-        else:  # a notebook: Panel sends model changes from here
+        if not self._served():  # a notebook: Panel sends model changes from here
             fn()
+            return
+        with self._ready_lock:
+            if not self._ready:
+                self._waiting.append(fn)
+                return
+        self._doc.add_next_tick_callback(fn)
 
-    def _tick(self) -> None:
+    def _wake(self) -> None:
+        """Have the worker look at Tiled now (any thread)."""
         if not self.worker.pending("poll"):
             self.worker.submit("poll", self._poll)
 
+    def _tick(self) -> None:
+        if not self._ready:
+            return
+        watching = self._watch is not None and self._watch.healthy
+        if not watching or time.monotonic() - self._last_heartbeat >= HEARTBEAT_S:
+            self._wake()
+
+    # ---------------------------------------------------------------- the watch (worker thread)
+    def _on_update(self, update) -> None:  # a websocket thread
+        self._updates.append(update)
+        if self._ready:
+            self._wake()
+
+    def _on_lost(self, path: str, reason: str) -> None:  # a websocket thread
+        self._wake()
+
+    def _ensure_watch(self) -> TiledWatch | None:
+        """The healthy watch, building one when none is (and a retry is due)."""
+        watch = self._watch
+        if watch is not None and watch.healthy:
+            return watch
+        if watch is not None:
+            watch.close()
+            self._watch = None
+            self._attach_runs(None)
+        if not self._use_watch or time.monotonic() < self._watch_retry_at:
+            return None
+        self._watch_retry_at = time.monotonic() + WATCH_RETRY_S
+        watch = TiledWatch(self.source.client(), self._on_update, self._on_lost)
+        watch.subscribe("", CONTAINER)  # the catalog: new runs, stop documents
+        self._watch = watch
+        self._attach_runs(watch)
+        return watch
+
+    def _attach_runs(self, watch) -> None:
+        for panel in (self.follow, self.browse):
+            if panel.run is not None:
+                panel.run.attach(watch)
+
+    def _drop_watch(self) -> None:
+        """Tiled went away: its subscriptions are no use; the next poll after it returns
+        builds a new watch (sequence numbers restart with a new server)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
+            self._attach_runs(None)
+        self._watch_retry_at = 0.0
+
+    def _apply_updates(self) -> bool:
+        """Fold the watch's updates into the runs; True if the catalog changed."""
+        catalog = False
+        while self._updates:
+            update = self._updates.popleft()
+            catalog = catalog or update.path == ""
+            for panel in (self.follow, self.browse):
+                if panel.run is not None:
+                    panel.run.apply(update)
+        return catalog
+
     # ---------------------------------------------------------------- polling (worker thread)
     def _poll(self):
+        try:
+            return self._look()
+        except TiledUnavailable:
+            self._drop_watch()
+            raise
+
+    def _look(self):
         self._n_polls += 1
+        now = time.monotonic()
+        reconnected = self._offline_since is not None
+        watch = self._ensure_watch()
+        catalog_changed = self._apply_updates()
+        if watch is not None and now - self._last_resync >= RESYNC_S:
+            self._last_resync = now
+            self._attach_runs(watch)  # everything read once more, subscriptions kept
         apply = []
-        reconnected = self._offline_since is not None or self._resend
-        self._resend = False
-        if self.follow_on.value:
-            newest = self.source.newest_raw_uid()
+        heartbeat = watch is None or catalog_changed or now - self._last_heartbeat >= HEARTBEAT_S
+        if heartbeat:
+            self._last_heartbeat = now
+            newest = self.source.newest_raw_uid()  # also tells whether Tiled still answers
             current = self.follow.run.uid if self.follow.run is not None else None
-            if newest is not None and newest != current:
+            if self.follow_on.value and newest is not None and newest != current:
                 run = open_run(self.source, newest)
+                run.attach(watch)
                 self.follow.adopt(run)  # poll it now; set_run on the page resets the views first
                 apply.append(lambda: self.follow.set_run(run))
+        if watch is not None:
+            watch.retain({u for p in (self.follow, self.browse) if p.run is not None for u in p.run.watched_uids})
         apply.append(self._poll_panel(self.follow, force=reconnected))
         apply.append(self._poll_panel(self.browse, force=reconnected))
         browsing = self.tabs.active == 1
-        if (browsing and (reconnected or self._n_polls % LIST_EVERY_POLLS == 1)) or not self._rows_read:
+        list_due = catalog_changed if watch is not None else self._n_polls % LIST_EVERY_POLLS == 1
+        if (browsing and (reconnected or list_due)) or not self._rows_read:
             rows = self.source.recent(LIST_LIMIT)
             self._rows_read = True
             apply.append(lambda: self._set_rows(rows))
@@ -244,6 +371,9 @@ class ViewerApp:
             except UnknownRun as exc:
                 text = str(exc)
                 return lambda: self.browse_message.param.update(object=html.escape(text), visible=True)
+            watch = self._watch
+            run.attach(watch if watch is not None and watch.healthy else None)
+            self.browse.adopt(run)  # polled from now on; set_run on the page resets the views first
 
             def show():
                 self.browse_message.visible = False
@@ -267,7 +397,7 @@ class ViewerApp:
             state = run.state()
             tiles = {}
             if state.n_maps:
-                tiles = {f.name: run.map_tile(f.name) for f in run.MAP_FIELDS}
+                tiles = run.map_tiles(index=state.n_maps - 1)
             columns.append((run, state, tiles))
 
         def show():

@@ -255,26 +255,31 @@ class RunPanel:
 
     # ---------------------------------------------------------------- reads (worker thread)
     def poll(self, *, force: bool = False):
-        """Read what changed since the last poll; return the callable that shows it."""
+        """Read what changed since the last poll; return the callable that shows the state.
+
+        The state and the curves (kept by the run) come back at once; each image that
+        changed is read by its own job on the worker, maps first, and shown when read.
+        """
         run = self.run
         if run is None:
             return None
         state = run.state()
         seen, self._seen = self._seen, state
         apply = [lambda: self._show_state(state)] if (force or state != seen) else []
+        n, submit = self.name, self.worker.submit
+        if run.has_analysis and state.n_maps and (
+                force or (state.n_maps, state.maps_final) != (seen.n_maps, seen.maps_final)):
+            submit(f"{n}-maps", lambda: self._read_maps(run=run, state=state))
         if force or state.n_frames != seen.n_frames:
-            apply.append(self._read_raw(run=run, state=state))
+            submit(f"{n}-raw", lambda: self._read_raw(run=run, state=state))
         if run.has_analysis:
+            if force or (state.n_drift, state.n_spectrum) != (seen.n_drift, seen.n_spectrum):
+                apply.append(self._read_curves(run))
             if force or state.n_drift != seen.n_drift:
-                apply.append(self._read_curves(run))
                 if self.follow_energy.value or force:
-                    apply.append(self._read_aligned(run=run, state=state))
+                    submit(f"{n}-aligned", lambda: self._read_aligned(run=run, state=state))
                 if self.pick is not None:
-                    apply.append(self._read_pixel(run=run))
-            elif state.n_spectrum != seen.n_spectrum:
-                apply.append(self._read_curves(run))
-            if state.n_maps and (force or (state.n_maps, state.maps_final) != (seen.n_maps, seen.maps_final)):
-                apply.append(self._read_maps(run=run, state=state))
+                    submit(f"{n}-pixel", lambda: self._read_pixel(run=run))
         apply = [a for a in apply if a is not None]
         if not apply:
             return None
@@ -341,7 +346,8 @@ class RunPanel:
         if run is None or not state.n_maps or not run.MAP_FIELDS:
             return None
         region = self.maps.region(state.map_shape) if self.maps is not None else Region.full(state.map_shape)
-        tiles = {f.name: run.map_tile(f.name, region) for f in run.MAP_FIELDS}
+        # the maps of the newest row of the maps table (its arrays are written before it)
+        tiles = run.map_tiles(region, index=state.n_maps - 1)
         stride = next(iter(tiles.values()))
         suffix = (" — final" if state.maps_final else f" — partial, {state.maps_n_energies} energies") + \
             _stride_note(stride)
@@ -374,9 +380,9 @@ class RunPanel:
             return self._guard(run, lambda: setattr(self.pick_text, "object", html.escape(text)))
         value_at = {}
         if self.maps is not None and self._seen.n_maps:
-            for f in run.MAP_FIELDS:
-                tile = run.map_tile(f.name, Region(int(row), int(row) + 1, int(col), int(col) + 1), max_px=1)
-                value_at[f.title] = float(tile.data[0, 0])
+            tiles = run.map_tiles(Region(int(row), int(row) + 1, int(col), int(col) + 1), index=self._seen.n_maps - 1,
+                                  max_px=1)
+            value_at = {f.title: float(tiles[f.name].data[0, 0]) for f in run.MAP_FIELDS}
         text = (f"**picked pixel** row {int(row)}, column {int(col)}: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in value_at.items() if np.isfinite(v)))
 

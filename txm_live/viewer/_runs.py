@@ -23,6 +23,13 @@ Arrays are read with ``ArrayClient`` slicing (numpy, positional axes), never thr
 xarray, so dimension names (``dim_int_1`` …) do not matter; scalar columns are read from
 the stream's ``internal`` table when there is one, else field by field.
 
+Live runs: a page with a :class:`~txm_live.viewer._watch.TiledWatch` lets each run
+subscribe to its container, the containers of the streams it follows and their
+``internal`` tables (:meth:`RawRun.attach`); the rows the tables send are kept, merged by
+``seq_num``, and a notification marks only its part of the run stale
+(:meth:`RawRun.apply`), so :meth:`RawRun.state` reads over HTTP just that. Without a watch,
+``state`` re-reads everything on each call (polling).
+
 Scan types register a run class in :data:`RUN_CLASSES`; tomography (sinogram, slices) and
 operando (chemical map, per-particle SOC) add theirs next to :class:`Xanes2DRun`.
 """
@@ -38,6 +45,7 @@ import numpy as np
 
 from ._align import absorbance, pixel_values, shifted_mean
 from ._images import ImageTile, Region, stride_for
+from ._watch import CONTAINER, TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,10 @@ TILED_TIMEOUT_S = 5.0
 #: Media types of the export links the viewer offers, by label.
 EXPORT_FORMATS = {"TIFF": "image/tiff", "CSV": "text/csv", "NumPy bytes": "application/octet-stream"}
 URI_FILE = "tiled-uri.txt"
+#: TiledWriter keeps a stream's scalar columns in this table, one row per event ...
+TABLE_KEY = "internal"
+#: ... numbered by this column (duplicates of a row seen twice are dropped by it)
+ROW_ID = "seq_num"
 
 
 # ---------------------------------------------------------------------- errors
@@ -305,13 +317,21 @@ class RunState:
 
 
 class RawRun:
-    """Any raw run: its frames (``primary``) and status. Scan types extend it."""
+    """Any raw run: its frames (``primary``) and status. Scan types extend it.
+
+    What is known about the run is cached here and refreshed by :meth:`state`: all of it
+    on every call when the run is polled, only what a :class:`~._watch.TiledWatch` said
+    changed when one feeds the run (:meth:`attach`, :meth:`apply`).
+    """
 
     #: streams of the raw run holding images
     FRAME_STREAMS = ("primary", "flat", "dark")
     #: map fields the page shows (none for a run type without maps)
     MAP_FIELDS: tuple = ()
     has_analysis = False
+    #: what :meth:`state` may have to re-read: the run's metadata, the frame count, and
+    #: (when watched) which of its nodes exist, to subscribe to them
+    PARTS = ("md", "frames", "discover")
 
     def __init__(self, source: TiledSource, start: dict):
         self.source = source
@@ -319,6 +339,11 @@ class RawRun:
         self.uid = start["uid"]
         self.scan_type = str(start.get("scan_type", "unknown"))
         self._image_keys: dict[str, str | None] = {}
+        self.watch = None
+        self._stale: set[str] = set(self.PARTS)
+        self._md: dict = {}
+        self._n_frames = 0
+        self._image_shape: tuple = ()
 
     # -- helpers ----------------------------------------------------------------------
     def _image_key(self, client, stream: str) -> str | None:
@@ -349,18 +374,131 @@ class RawRun:
         sample = f" · {s['sample']}" if s.get("sample") else ""
         return f"scan {s.get('scan_id', '?')} · {self.scan_type}{sample} · {self.uid[:8]}"
 
+    # -- being watched ------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        """True while a healthy watch feeds this run (else :meth:`state` polls)."""
+        return self.watch is not None and self.watch.healthy
+
+    def attach(self, watch) -> None:
+        """Let ``watch`` (a :class:`~._watch.TiledWatch`, or None to poll) feed this run.
+
+        Everything is read again at the next :meth:`state`, after subscribing.
+        """
+        self.watch = watch
+        self._stale = set(self.PARTS)
+
+    def _watched_streams(self) -> dict[str, dict[str, str]]:
+        """``{run uid: {stream: part}}``: whose table rows mark which part stale."""
+        return {self.uid: {"primary": "frames"}}
+
+    @property
+    def watched_uids(self) -> tuple[str, ...]:
+        """The runs (this one, its analysis) whose nodes a watch holds for this run."""
+        return tuple(self._watched_streams())
+
+    def apply(self, update) -> bool:
+        """Fold a :class:`~._watch.WatchUpdate` into what is known.
+
+        Returns True when the page should look at :meth:`state` again. Runs on the
+        page's worker thread, like every other method here.
+        """
+        if update.path == "":  # the catalog root: a run's metadata changed (its stop document)
+            if update.kind == "metadata" and update.key == self.uid:
+                self._stale.add("md")
+                return True
+            return False
+        for run_uid, parts in self._watched_streams().items():
+            if update.path == run_uid or update.path.startswith(run_uid + "/"):
+                return self._apply_to_run(run_uid, parts, update)
+        return False
+
+    def _apply_to_run(self, run_uid: str, parts: dict, update) -> bool:
+        stream = update.path[len(run_uid) + 1:].split("/")[0] if update.path != run_uid else None
+        if stream is None:  # the run's container: a stream was created
+            if (update.kind == "child" and update.key in parts and self.live
+                    and not self.watch.watching(f"{run_uid}/{update.key}/{TABLE_KEY}")):
+                self.watch.subscribe(f"{run_uid}/{update.key}", CONTAINER)  # it announces its table
+            return False
+        part = parts.get(stream)
+        if part is None:
+            return False
+        if update.path == f"{run_uid}/{stream}":  # the stream's container: its table was created
+            if update.kind == "child" and update.key == TABLE_KEY:
+                self._watch_table(run_uid, stream)
+                self._stale.add(part)  # read once what was written before the subscription
+                return True
+            return False
+        if update.kind == "rows":
+            self._merge_rows(part, update.rows)
+            return True
+        return False
+
+    def _watch_table(self, run_uid: str, stream: str) -> None:
+        if self.live:
+            self.watch.subscribe(f"{run_uid}/{stream}/{TABLE_KEY}", TABLE)
+            self.watch.unsubscribe(f"{run_uid}/{stream}")  # only needed to learn of the table
+
+    def _table_node(self, client, run_uid: str, stream: str):
+        """The stream's table node, subscribed to first when watched; None if it does not
+        exist yet (then its stream's container, if that exists, announces it)."""
+        try:
+            node = client[f"{run_uid}/{stream}/{TABLE_KEY}"]
+        except KeyError:
+            if self.live:
+                try:
+                    client[f"{run_uid}/{stream}"]
+                except KeyError:
+                    pass  # not even the stream yet: the run's container announces it
+                else:
+                    self.watch.subscribe(f"{run_uid}/{stream}", CONTAINER)
+            return None
+        self._watch_table(run_uid, stream)
+        return node
+
+    def _discover(self, client, run_uid: str) -> None:
+        """Subscribe to the run's container (it announces streams created later) and to the
+        frame table of the raw run."""
+        if not self.live:
+            return
+        self.watch.subscribe(run_uid, CONTAINER)
+        if run_uid == self.uid:
+            self._table_node(client, run_uid, "primary")
+
+    def _merge_rows(self, part: str, rows) -> None:
+        """Raw runs do not keep rows: new ones mean more frames (re-read the count)."""
+        self._stale.add(part)
+
     # -- what the page asks -------------------------------------------------------------
     def state(self) -> RunState:
         return self.source.call(self._state)
 
+    def _take_stale(self) -> set[str]:
+        """The parts to read now (all of them when polled); cleared before reading."""
+        if not self.live:
+            self._stale |= set(self.PARTS) - {"discover"}
+        stale, self._stale = self._stale, set()
+        return stale
+
+    def _refresh(self, client, stale: set[str]) -> None:
+        if "discover" in stale:
+            self._discover(client, self.uid)
+        if "md" in stale:
+            self._md = dict(client[self.uid].metadata)
+        if "frames" in stale:
+            frames = self._frames(client, "primary")
+            shape = tuple(frames.shape) if frames is not None else ()
+            self._n_frames, self._image_shape = (shape[0], shape[1:]) if shape else (0, ())
+
     def _state(self, client) -> RunState:
-        md = client[self.uid].metadata
-        stop = md.get("stop") or {}
-        frames = self._frames(client, "primary")
-        shape = tuple(frames.shape) if frames is not None else ()
-        return RunState(uid=self.uid, scan_type=self.scan_type, title=self.title(), raw_status=_raw_status(md),
-                        raw_reason=str(stop.get("reason", "")), n_frames=shape[0] if shape else 0,
-                        n_frames_planned=int(self.start.get("num_points") or 0), image_shape=shape[1:])
+        self._refresh(client, self._take_stale())
+        return self._raw_state()
+
+    def _raw_state(self) -> RunState:
+        stop = self._md.get("stop") or {}
+        return RunState(uid=self.uid, scan_type=self.scan_type, title=self.title(), raw_status=_raw_status(self._md),
+                        raw_reason=str(stop.get("reason", "")), n_frames=self._n_frames,
+                        n_frames_planned=int(self.start.get("num_points") or 0), image_shape=self._image_shape)
 
     def raw_frame(self, index: int, region: Region | None = None, *, max_px: int | None = None) -> ImageTile:
         """Sample frame ``index`` (negative: from the end), counts."""
@@ -385,6 +523,21 @@ def _tile(array_client, index: int, region: Region | None, max_px: int | None) -
     return ImageTile(data=data, region=region, stride=stride, full_shape=shape)
 
 
+def _union_rows(old, new):
+    """Rows of ``old`` and ``new`` (DataFrames), one per ``seq_num``, in event order."""
+    import pandas as pd
+
+    if old is None or not len(old):
+        table = new
+    elif new is None or not len(new):
+        table = old
+    else:
+        table = pd.concat([old, new], ignore_index=True)
+    if table is None or ROW_ID not in table:
+        return table
+    return table.drop_duplicates(subset=ROW_ID, keep="last").sort_values(ROW_ID).reset_index(drop=True)
+
+
 class Xanes2DRun(RawRun):
     """A ``scan_type='xanes2d'`` raw run and its newest live-analysis run."""
 
@@ -392,6 +545,9 @@ class Xanes2DRun(RawRun):
                   MapField("edge", "edge", "eV", "energy"),
                   MapField("edge_jump", "edge jump", "absorbance", "jump"))
     has_analysis = True
+    #: the analysis run's streams, each read as a table (its scalar columns)
+    ANALYSIS_STREAMS = ("drift", "spectrum", "maps", "status")
+    PARTS = RawRun.PARTS + ("find", "analysis_md", "discover_analysis") + ANALYSIS_STREAMS
 
     def __init__(self, source, start):
         super().__init__(source, start)
@@ -400,7 +556,9 @@ class Xanes2DRun(RawRun):
         self.flats_per_energy = max(1, int(start.get("flats_per_energy", 1)))
         self.flat_energy_indices = list(start.get("flat_energy_indices", range(len(self.energies_ev))))
         self.analysis_uid: str | None = None
+        self._analysis_md: dict = {}
         self._tables: dict[str, object] = {}
+        self._map_shape: tuple = ()
         self._final_read = False
 
     def frame_energy_ev(self, index: int) -> float | None:
@@ -408,34 +566,55 @@ class Xanes2DRun(RawRun):
         return float(self.energies_ev[i]) if 0 <= i < len(self.energies_ev) else None
 
     # -- the analysis run ---------------------------------------------------------------
+    def _watched_streams(self) -> dict[str, dict[str, str]]:
+        streams = super()._watched_streams()
+        if self.analysis_uid is not None:
+            streams[self.analysis_uid] = {s: s for s in self.ANALYSIS_STREAMS}
+        return streams
+
+    def apply(self, update) -> bool:
+        if update.path == "":
+            start = (update.metadata or {}).get("start") or {}
+            if update.kind == "child" and start.get("parent_uid") == self.uid and update.key != self.analysis_uid:
+                self._use_analysis(update.key)  # a new analysis of this run (a replay adds another)
+                return True
+            if update.kind == "metadata" and update.key == self.analysis_uid and self.analysis_uid is not None:
+                self._stale |= {"analysis_md", "status"}
+                return True
+        return super().apply(update)
+
+    def _use_analysis(self, uid: str) -> None:
+        if self.analysis_uid is not None and self.live:
+            self.watch.unsubscribe_under(self.analysis_uid)
+        self.analysis_uid = uid
+        self._analysis_md, self._tables, self._map_shape, self._final_read = {}, {}, (), False
+        self._stale |= {"analysis_md", "discover_analysis", *self.ANALYSIS_STREAMS}
+
     def _find_analysis(self, client):
         from tiled.queries import Key
 
         found = client.search(Key("start.parent_uid") == self.uid)
         uids = list(found)
-        if uids:
-            self.analysis_uid = uids[-1]  # the newest (a replay adds another)
+        if uids and uids[-1] != self.analysis_uid:
+            self._use_analysis(uids[-1])  # the newest (a replay adds another)
         return self.analysis_uid
 
-    def _count(self, client, stream: str, key: str) -> int:
-        try:
-            return int(client[f"{self.analysis_uid}/{stream}/{key}"].shape[0])
-        except KeyError:
-            return 0
+    def _merge_rows(self, part: str, rows) -> None:
+        if part in self.ANALYSIS_STREAMS:
+            self._tables[part] = _union_rows(self._tables.get(part), rows)
+        else:
+            super()._merge_rows(part, rows)
 
-    def _table(self, client, stream: str, *, refresh: bool = True):
-        """Scalar columns of an analysis stream as a DataFrame, or None before it exists.
-
-        Cached per stream; ``refresh=False`` returns the cached one when there is one.
-        """
-        if not refresh and stream in self._tables:
-            return self._tables[stream]
-        try:
-            table = client[f"{self.analysis_uid}/{stream}/internal"].read()
-        except KeyError:
-            table = self._table_field_by_field(client, stream)
-        self._tables[stream] = table
-        return table
+    def _read_table(self, client, stream: str):
+        """All rows of an analysis stream's table (merged with any already known), or None."""
+        node = self._table_node(client, self.analysis_uid, stream)
+        if node is not None:
+            table = node.read()
+        else:  # watched, the stream's container announces the table; polled, try the fields
+            table = None if self.live else self._table_field_by_field(client, stream)
+        if table is not None:
+            self._tables[stream] = _union_rows(self._tables.get(stream), table)
+        return self._tables.get(stream)
 
     def _table_field_by_field(self, client, stream: str):
         """A storage layout without an ``internal`` table: read the 1-D fields one by one."""
@@ -450,40 +629,66 @@ class Xanes2DRun(RawRun):
             arr = node[key]
             if len(getattr(arr, "shape", ())) == 1:
                 columns[key] = np.asarray(arr[:])
-        return pd.DataFrame(columns)
+        return pd.DataFrame(columns) if columns else None
+
+    def _take_stale(self) -> set[str]:
+        if not self.live:
+            # polled: look for the analysis until found; re-read its tables until they were
+            # read once after it stopped (then nothing changes any more)
+            self._stale |= {"md", "frames", "analysis_md"}
+            if self.analysis_uid is None:
+                self._stale.add("find")
+            elif not self._final_read:
+                self._stale |= set(self.ANALYSIS_STREAMS)
+        # watched: "find" is stale once (attach); a later analysis arrives as a catalog update
+        stale, self._stale = self._stale, set()
+        return stale
+
+    def _refresh(self, client, stale: set[str]) -> None:
+        super()._refresh(client, stale)
+        if "find" in stale:
+            self._find_analysis(client)
+            stale |= self._stale  # a new analysis marks its parts stale
+            self._stale = set()
+        if self.analysis_uid is None:
+            return
+        if "discover_analysis" in stale:
+            self._discover(client, self.analysis_uid)
+        if "analysis_md" in stale:
+            self._analysis_md = dict(client[self.analysis_uid].metadata)
+        stopped = bool(self._analysis_md.get("stop"))
+        for stream in self.ANALYSIS_STREAMS:
+            if stream in stale and (stream != "status" or stopped or self.live):
+                self._read_table(client, stream)
+        maps = self._tables.get("maps")
+        if maps is not None and len(maps) and not self._map_shape:
+            self._map_shape = tuple(client[f"{self.analysis_uid}/maps/whiteline"].shape[1:])
+        if stopped and not self.live and set(self.ANALYSIS_STREAMS) <= stale:
+            self._final_read = True
 
     def _state(self, client) -> RunState:
-        base = super()._state(client)
+        self._refresh(client, self._take_stale())
+        base = self._raw_state()
         planned = len(self.energies_ev) * self.fpe
         values = dict(n_frames_planned=planned, energies_ev=tuple(self.energies_ev.tolist()))
-        if self.analysis_uid is None:
-            self._find_analysis(client)
         if self.analysis_uid is not None:
-            values.update(self._analysis_state(client))
+            values.update(self._analysis_state())
         return RunState(**{**base.__dict__, **values})
 
-    def _analysis_state(self, client) -> dict:
-        md = client[self.analysis_uid].metadata
+    def _analysis_state(self) -> dict:
+        md = self._analysis_md
         stop = md.get("stop") or {}
-        # while the analysis runs its tables grow; once stopped they are read one last time
-        refresh = not stop or not self._final_read
-        drift = self._table(client, "drift", refresh=refresh)
-        spectrum = self._table(client, "spectrum", refresh=refresh)
-        n_maps = self._count(client, "maps", "whiteline")
+        drift, spectrum, maps, status = (self._tables.get(s) for s in self.ANALYSIS_STREAMS)
+        n_maps = 0 if maps is None else len(maps)
         values = dict(analysis_uid=self.analysis_uid, analysis_status=_analysis_status(md),
                       analysis_reason=str(stop.get("reason", "")), n_maps=n_maps,
                       n_drift=0 if drift is None else len(drift),
                       n_spectrum=0 if spectrum is None else len(spectrum))
         if n_maps:
-            cached = self._tables.get("maps")
-            maps = self._table(client, "maps", refresh=cached is None or len(cached) != n_maps)
             values.update(maps_final=bool(maps["final"].iloc[-1]), maps_n_energies=int(maps["n_energies"].iloc[-1]),
-                          map_shape=tuple(client[f"{self.analysis_uid}/maps/whiteline"].shape[1:]))
-        if stop:
-            status = self._table(client, "status", refresh=refresh)
-            if status is not None and len(status):
-                values["analysis_errors"] = str(status["errors"].iloc[-1] or "")
-            self._final_read = True
+                          map_shape=self._map_shape)
+        if stop and status is not None and len(status):
+            values["analysis_errors"] = str(status["errors"].iloc[-1] or "")
         return values
 
     # -- curves ---------------------------------------------------------------------
@@ -494,7 +699,7 @@ class Xanes2DRun(RawRun):
     def _drift(self, client) -> dict:
         if self.analysis_uid is None:
             return {}
-        table = self._table(client, "drift", refresh=False)
+        table = self._tables.get("drift")
         if table is None or not len(table):
             return {}
         return {k: np.asarray(table[k], dtype=float) for k in
@@ -508,7 +713,7 @@ class Xanes2DRun(RawRun):
         empty = (np.zeros(0), np.zeros(0))
         if self.analysis_uid is None:
             return empty
-        table = self._table(client, "spectrum", refresh=False)
+        table = self._tables.get("spectrum")
         if table is None or not len(table):
             return empty
         e, a = np.asarray(table["energy_ev"], float), np.asarray(table["mean_absorbance"], float)
@@ -516,24 +721,36 @@ class Xanes2DRun(RawRun):
         return e[order], a[order]
 
     # -- images ---------------------------------------------------------------------
+    def map_tiles(self, region: Region | None = None, *, index: int = -1, names=None,
+                  max_px: int | None = None) -> dict[str, ImageTile]:
+        """Maps ``names`` (default: all :attr:`MAP_FIELDS`) of maps event ``index``, NaN outside
+        the sample mask (read once for all of them)."""
+        known = [f.name for f in self.MAP_FIELDS]
+        names = known if names is None else list(names)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown map(s) {unknown}; expected some of {known}")
+        return self.source.call(self._map_tiles, names, region, int(index), max_px)
+
     def map_tile(self, name: str, region: Region | None = None, *, index: int = -1,
                  max_px: int | None = None) -> ImageTile:
         """Map ``name`` (one of :attr:`MAP_FIELDS`) from maps event ``index``, masked."""
-        if name not in {f.name for f in self.MAP_FIELDS}:
-            raise ValueError(f"unknown map {name!r}; expected one of {[f.name for f in self.MAP_FIELDS]}")
-        return self.source.call(self._map_tile, name, region, index, max_px)
+        return self.map_tiles(region, index=index, names=[name], max_px=max_px)[name]
 
-    def _map_tile(self, client, name, region, index, max_px):
+    def _map_tiles(self, client, names, region, index, max_px):
         if self.analysis_uid is None:
             raise ViewerDataError(f"run {self.uid[:8]} has no analysis run yet")
         try:
-            arr = client[f"{self.analysis_uid}/maps/{name}"]
-        except KeyError:
-            raise ViewerDataError(f"analysis {self.analysis_uid[:8]} has no {name} map yet") from None
-        tile = _tile(arr, index, region, max_px)
-        mask = _tile(client[f"{self.analysis_uid}/maps/mask"], index, tile.region, max_px)
-        data = np.where(mask.data > 0, tile.data, np.nan).astype(np.float32)
-        return ImageTile(data=data, region=tile.region, stride=tile.stride, full_shape=tile.full_shape)
+            arrays = {name: client[f"{self.analysis_uid}/maps/{name}"] for name in names}
+            mask_array = client[f"{self.analysis_uid}/maps/mask"]
+        except KeyError as exc:
+            raise ViewerDataError(f"analysis {self.analysis_uid[:8]} has no maps yet ({exc.args[0]!r} is missing)") \
+                from None
+        tiles = {name: _tile(arr, index, region, max_px) for name, arr in arrays.items()}
+        first = next(iter(tiles.values()))
+        inside = _tile(mask_array, index, first.region, max_px).data > 0
+        return {name: ImageTile(data=np.where(inside, t.data, np.nan).astype(np.float32), region=t.region,
+                                stride=t.stride, full_shape=t.full_shape) for name, t in tiles.items()}
 
     def aligned_tile(self, energy_index: int, region: Region | None = None, *,
                      max_px: int | None = None) -> ImageTile:
