@@ -143,7 +143,7 @@ class ViewerApp:
         browse_tab = pn.Column(pn.Row(self.search, self.uid_input, self.open_button, self.compare_button),
                                self.table, self.browse_message, self.compare_area, self.browse.panel(),
                                name="browse")
-        self.tabs = pn.Tabs(("follow", follow_tab), ("browse", browse_tab), dynamic=True,
+        self.tabs = pn.Tabs(("follow", follow_tab), ("browse", browse_tab), dynamic=False,
                             sizing_mode="stretch_width")
         title = pn.pane.Markdown(f"## txm-live viewer — Tiled at {html.escape(self.source.display_uri)}")
         self.layout = pn.Column(title, self.banner, self.tabs, sizing_mode="stretch_width")
@@ -184,6 +184,7 @@ class ViewerApp:
         with self._ready_lock:
             self._ready = True
             waiting, self._waiting = self._waiting, []
+        logger.debug("page ready; applying %d waiting results", len(waiting))
         for fn in waiting:
             self._doc.add_next_tick_callback(fn)
 

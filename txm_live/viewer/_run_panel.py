@@ -17,7 +17,7 @@ from bokeh.events import RangesUpdate, Tap
 from bokeh.models import ColumnDataSource, Range1d
 
 from ._images import Region
-from ._runs import RawRun, RunState, ViewerDataError
+from ._runs import RawRun, RunState, ViewerDataError, map_fields
 from ._views import ColourControl, ImageView, energy_marker, line_figure
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,12 @@ class RunPanel:
 
         self.map_colours = {"energy": ColourControl(f"{n}-energy", "whiteline & edge (eV)"),
                             "jump": ColourControl(f"{n}-jump", "edge jump")}
-        self.maps = None  # built for the first run type that has maps
-        self.maps_area = pn.Column()
+        # built now, not when the first run with maps comes: models added to a page that is
+        # already shown and changed a moment later did not always reach the browser
+        self.maps = MapsPanel(n, map_fields(), self.map_colours, on_tap=self._on_tap, on_zoom=self._on_map_zoom,
+                              x_range=self.map_x, y_range=self.map_y)
+        self.maps_area = pn.Column(self.maps.panel(), pn.Row(*[c.panel() for c in self.map_colours.values()]),
+                                   visible=False)
 
         self.spectrum_fig = line_figure(f"{n}-spectrum", "spectrum", "energy (eV)", "absorbance")
         self.mean_source = ColumnDataSource({"x": [], "y": []}, name=f"{n}-mean-spectrum")
@@ -172,22 +176,11 @@ class RunPanel:
         self.drift_source.data = {"frame": [], "dy": [], "dx": []}
         self.pick_text.object = "Click a map to see that pixel's spectrum."
         self.say("")
-        if self.maps is not None:
-            self.maps.clear()
-        self._ensure_maps(run)
+        self.maps.clear()
         self.maps_area.visible = bool(run is not None and run.MAP_FIELDS)
         self.header.object = "### no run yet" if run is None else f"### {html.escape(run.title())}"
         self.export.object = ""
         self.status.visible = False
-
-    def _ensure_maps(self, run) -> None:
-        """Build the map views the first time a run type with maps is shown."""
-        if run is None or not run.MAP_FIELDS or self.maps is not None:
-            return
-        self.maps = MapsPanel(self.name, run.MAP_FIELDS, self.map_colours, on_tap=self._on_tap,
-                              on_zoom=self._on_map_zoom, x_range=self.map_x, y_range=self.map_y)
-        controls = pn.Row(*[c.panel() for c in self.map_colours.values()])
-        self.maps_area.objects = [self.maps.panel(), controls]
 
     def _show_state(self, state: RunState) -> None:
         self.state = state
@@ -345,14 +338,13 @@ class RunPanel:
         state = state or self._seen
         if run is None or not state.n_maps or not run.MAP_FIELDS:
             return None
-        region = self.maps.region(state.map_shape) if self.maps is not None else Region.full(state.map_shape)
+        region = self.maps.region(state.map_shape)
         # the maps of the newest row of the maps table (its arrays are written before it)
         tiles = run.map_tiles(region, index=state.n_maps - 1)
         stride = next(iter(tiles.values()))
         suffix = (" — final" if state.maps_final else f" — partial, {state.maps_n_energies} energies") + \
             _stride_note(stride)
         def show():
-            self._ensure_maps(run)
             self.maps.show(tiles, suffix)
         return self._guard(run, show)
 
@@ -379,7 +371,7 @@ class RunPanel:
             text = str(exc)
             return self._guard(run, lambda: setattr(self.pick_text, "object", html.escape(text)))
         value_at = {}
-        if self.maps is not None and self._seen.n_maps:
+        if self._seen.n_maps:
             tiles = run.map_tiles(Region(int(row), int(row) + 1, int(col), int(col) + 1), index=self._seen.n_maps - 1,
                                   max_px=1)
             value_at = {f.title: float(tiles[f.name].data[0, 0]) for f in run.MAP_FIELDS}
@@ -389,7 +381,7 @@ class RunPanel:
         def show():
             self.pixel_source.data = {"x": energy, "y": values}
             self.pick_text.object = text
-            for view in ([self.aligned_view] + (list(self.maps.views.values()) if self.maps else [])):
+            for view in [self.aligned_view, *self.maps.views.values()]:
                 view.mark(row, col)
         return self._guard(run, show)
 

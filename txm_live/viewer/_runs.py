@@ -35,6 +35,7 @@ operando (chemical map, per-particle SOC) add theirs next to :class:`Xanes2DRun`
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -605,16 +606,13 @@ class Xanes2DRun(RawRun):
         else:
             super()._merge_rows(part, rows)
 
-    def _read_table(self, client, stream: str):
-        """All rows of an analysis stream's table (merged with any already known), or None."""
+    def _fetch_table(self, client, stream: str):
+        """All rows of an analysis stream's table as stored now, or None before it exists."""
         node = self._table_node(client, self.analysis_uid, stream)
         if node is not None:
-            table = node.read()
-        else:  # watched, the stream's container announces the table; polled, try the fields
-            table = None if self.live else self._table_field_by_field(client, stream)
-        if table is not None:
-            self._tables[stream] = _union_rows(self._tables.get(stream), table)
-        return self._tables.get(stream)
+            return node.read()
+        # watched: the stream's container announces the table; polled: try the fields
+        return None if self.live else self._table_field_by_field(client, stream)
 
     def _table_field_by_field(self, client, stream: str):
         """A storage layout without an ``internal`` table: read the 1-D fields one by one."""
@@ -657,9 +655,16 @@ class Xanes2DRun(RawRun):
         if "analysis_md" in stale:
             self._analysis_md = dict(client[self.analysis_uid].metadata)
         stopped = bool(self._analysis_md.get("stop"))
-        for stream in self.ANALYSIS_STREAMS:
-            if stream in stale and (stream != "status" or stopped or self.live):
-                self._read_table(client, stream)
+        due = [s for s in self.ANALYSIS_STREAMS if s in stale and (s != "status" or stopped or self.live)]
+        if len(due) > 1:  # the tables side by side: each read is a round trip, mostly waiting
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(due)) as pool:
+                read = {s: pool.submit(self._fetch_table, client, s) for s in due}
+                fetched = {s: future.result() for s, future in read.items()}
+        else:
+            fetched = {s: self._fetch_table(client, s) for s in due}
+        for stream, table in fetched.items():
+            if table is not None:
+                self._tables[stream] = _union_rows(self._tables.get(stream), table)
         maps = self._tables.get("maps")
         if maps is not None and len(maps) and not self._map_shape:
             self._map_shape = tuple(client[f"{self.analysis_uid}/maps/whiteline"].shape[1:])
@@ -740,15 +745,19 @@ class Xanes2DRun(RawRun):
     def _map_tiles(self, client, names, region, index, max_px):
         if self.analysis_uid is None:
             raise ViewerDataError(f"run {self.uid[:8]} has no analysis run yet")
-        try:
-            arrays = {name: client[f"{self.analysis_uid}/maps/{name}"] for name in names}
-            mask_array = client[f"{self.analysis_uid}/maps/mask"]
-        except KeyError as exc:
-            raise ViewerDataError(f"analysis {self.analysis_uid[:8]} has no maps yet ({exc.args[0]!r} is missing)") \
-                from None
-        tiles = {name: _tile(arr, index, region, max_px) for name, arr in arrays.items()}
-        first = next(iter(tiles.values()))
-        inside = _tile(mask_array, index, first.region, max_px).data > 0
+
+        def read(name):
+            try:
+                array = client[f"{self.analysis_uid}/maps/{name}"]
+            except KeyError:
+                raise ViewerDataError(f"analysis {self.analysis_uid[:8]} has no {name} map yet") from None
+            return _tile(array, index, region, max_px)
+        # one request per map, side by side: a strided read of a large map waits mostly on
+        # the server decompressing its chunk
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
+            futures = {name: pool.submit(read, name) for name in [*names, "mask"]}
+            tiles = {name: future.result() for name, future in futures.items()}
+        inside = tiles.pop("mask").data > 0
         return {name: ImageTile(data=np.where(inside, t.data, np.nan).astype(np.float32), region=t.region,
                                 stride=t.stride, full_shape=t.full_shape) for name, t in tiles.items()}
 
@@ -866,6 +875,15 @@ def _table_url(source: TiledSource, path: str) -> str:
 
 #: scan_type -> run class; anything else gets :class:`RawRun` (frames and status only)
 RUN_CLASSES: dict[str, type[RawRun]] = {"xanes2d": Xanes2DRun}
+
+
+def map_fields() -> tuple[MapField, ...]:
+    """Every map field some run class shows, once each (the page builds a view for each)."""
+    fields = {}
+    for cls in RUN_CLASSES.values():
+        for f in cls.MAP_FIELDS:
+            fields.setdefault(f.name, f)
+    return tuple(fields.values())
 
 
 def open_run(source: TiledSource, uid: str) -> RawRun:
