@@ -49,7 +49,7 @@ def _serialize_table_storage(catalog) -> None:
     ``StaticPool``): a table read (a viewer following the scan, a replay) while the writer
     appends event rows crashed the server process with a segmentation fault (measured: 2 of
     2 runs of 300 appends against a concurrent reader). A one-connection ``QueuePool``
-    makes the requests take turns instead (``tests/test_viewer_store.py``).
+    makes the requests take turns instead (``tests/test_store_tables.py``).
     """
     import sqlalchemy.pool
 
