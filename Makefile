@@ -1,11 +1,11 @@
-# Two commands a newcomer needs: `make demo` and `make test`.
-# Both create .venv with the project and its dependencies on first use.
+# Three commands a newcomer needs: `make demo`, `make test` and `make shell`.
+# Each creates .venv with the project and its dependencies on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test shell bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,17 @@ browser:
 test: $(STAMP) browser
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
+# The IPython profile on the simulated beamline (embedded Tiled, live analysis). Data go
+# to DATA (default: a fresh temporary folder); IPYTHON_ARGS are passed to ipython.
+DATA ?=
+IPYTHON_ARGS ?=
+shell: $(STAMP)
+	@data="$(DATA)"; [ -n "$$data" ] || data=$$(mktemp -d -t txm-live-XXXXXX); \
+	echo "txm-live shell: data in $$data (make shell DATA=folder keeps them elsewhere)"; \
+	TXM_LIVE_DATA="$$data" TXM_LIVE_DEVICES=$${TXM_LIVE_DEVICES:-sim} $(BIN)/ipython --profile-dir=profile_collection $(IPYTHON_ARGS)
+
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # the peers measured side by side
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -43,15 +43,15 @@ import numpy as np
 
 
 def _energies(n):
-    """n energies (n ≥ 18): the standard sparse pre-/post-edge points, the rest dense across
-    the edge and whiteline (edge − 5 … edge + 20 eV)."""
-    from simulators.stacks import edge_energies
+    """n energies (n >= 21): the standard list's sparse pre-/post-edge points, the rest dense
+    across the edge and whiteline (edge - 10 ... edge + 25 eV)."""
+    from txm_live.energies import xanes_energy_list
 
-    e = edge_energies()
-    sparse = e[(e < 8328.0) | (e > 8353.0)]
+    e = xanes_energy_list(8333.0)
+    sparse = e[(e < 8323.0) | (e > 8358.0)]
     if n < len(sparse) + 4:
         raise ValueError(f"need at least {len(sparse) + 4} energies, got {n}")
-    dense = np.linspace(8328.0, 8353.0, n - len(sparse))
+    dense = np.linspace(8323.0, 8358.0, n - len(sparse))
     return np.sort(np.concatenate([sparse, dense]))
 
 

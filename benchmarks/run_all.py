@@ -6,6 +6,7 @@ from pathlib import Path
 QUICK_ARGS = {
     "bench_xanes.py": ["--size", "512"],
     "bench_simulator.py": ["--sizes", "128", "512", "2048"],
+    "bench_tomo.py": ["--width", "1024", "--angles", "900", "--rows", "4"],
 }
 
 if __name__ == "__main__":

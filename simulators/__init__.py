@@ -10,6 +10,8 @@ Physics modules, one concern each:
 - ``detector_model`` illumination, Poisson/read noise, dark, defects, zingers, 16 bits
 - ``model``          ``SimTXM``: optics + sample + drift + detector → ``acquire`` frames
 - ``stacks``         a 2D XANES scan without bluesky (``simulate_xanes_stack``)
+- ``tomography``     a fly/step tomography scan without bluesky (``simulate_tomo_scan``),
+                     per-frame truth and the true attenuation volume
 
 Optics relations shared with the real instrument live in ``txm_live.devices.optics``.
 """
@@ -19,10 +21,18 @@ from .drift import DriftModel
 from .model import Frame, FrameTruth, SimConfig, SimTXM, TruthMaps
 from .phantom import NMCPhantom, Particle, Void, make_nmc_phantom
 from .spectra import NiXanesModel
-from .stacks import XanesStack, edge_energies, simulate_xanes_stack
+from .stacks import XanesStack, simulate_xanes_stack
+from .tomography import (
+    TomoScan,
+    attenuation_volume,
+    make_tomo_phantom,
+    make_tomo_sim,
+    simulate_tomo_scan,
+)
 
 __all__ = [
     "DetectorModel", "DriftModel", "Frame", "FrameTruth", "NMCPhantom", "NiXanesModel",
-    "Particle", "SimConfig", "SimTXM", "TruthMaps", "Void", "XanesStack", "edge_energies",
+    "Particle", "SimConfig", "SimTXM", "TruthMaps", "Void", "XanesStack",
     "make_nmc_phantom", "simulate_xanes_stack",
+    "TomoScan", "attenuation_volume", "make_tomo_phantom", "make_tomo_sim", "simulate_tomo_scan",
 ]

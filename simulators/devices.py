@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
+from ophyd.signal import SignalRO
 from ophyd.sim import SynAxis
 from ophyd.status import DeviceStatus
 
 from txm_live.devices.energy import FocusTrackingMixin
+from txm_live.devices.potentiostat import CRateSignal, ElapseSignal
+from txm_live.devices.potentiostat_protocol import check_mode
 from txm_live.devices.shutter import SoftShutter
 
+from .electrochem import CellControl, NMCCell, OperandoSample
 from .frame_writer import FRAME_TYPES, HDF5FrameFile
 from .timing import SimClock
 
@@ -157,10 +161,14 @@ class SimTXMDetector(Device):
         self.shutter = shutter
         self.clock = clock
         self._file: HDF5FrameFile | None = None
+        self._rewrite: set[str] = set()  # frame types whose last row a re-take overwrites
         self.pixel_size_nm.put(float(model.pixel_size_nm))
         self.magnification.put(float(model.config.optics.magnification))
-        #: Ground truth of every frame written, in order: dicts with frame_type, index, truth.
+        #: Ground truth of every row written, in order: dicts with frame_type, index, truth
+        #: (a row overwritten by a re-take holds the re-take's truth).
         self.truth_log: list[dict] = []
+        #: Rows overwritten by frames re-taken after a pause or suspension.
+        self.n_rewritten = 0
 
     @property
     def image_key(self) -> str:
@@ -177,7 +185,20 @@ class SimTXMDetector(Device):
     def stage(self):
         self._file = HDF5FrameFile(self.data_dir, self.image_key, self.frame_shape)
         self.truth_log = []
+        self.n_rewritten = 0
+        self._rewrite = set()
         return super().stage()
+
+    def pause(self):
+        """The RunEngine is pausing or suspending: note frames whose event was dropped.
+
+        The RunEngine will re-take them from the last checkpoint; each re-take overwrites
+        its dropped first take, so the file holds one row per emitted event (Tiled
+        reads rows ``0 … n-1`` of the dataset as the stream's frames).
+        """
+        super().pause()
+        if self._file is not None:
+            self._rewrite = {t for t in FRAME_TYPES if self._file.last_dropped(t)}
 
     def unstage(self):
         try:
@@ -218,8 +239,7 @@ class SimTXMDetector(Device):
             time_s=start_s,
         )
         self.clock.advance(exposure_s + self.readout_s)
-        index = self._file.append(frame_type, frame.image)
-        self.truth_log.append({"frame_type": frame_type, "index": index, "truth": frame.truth})
+        self._record(frame_type, frame)
         self.mean_counts.put(float(frame.image.mean()))
 
         status = DeviceStatus(self)
@@ -230,10 +250,201 @@ class SimTXMDetector(Device):
             status.set_finished()
         return status
 
+    def _record(self, frame_type, frame) -> None:
+        rewrite = frame_type in self._rewrite
+        self._rewrite.discard(frame_type)
+        index = self._file.append(frame_type, frame.image, replace_last=rewrite)
+        entry = {"frame_type": frame_type, "index": index, "truth": frame.truth}
+        if rewrite:
+            self.n_rewritten += 1
+            self.truth_log = [e for e in self.truth_log if (e["frame_type"], e["index"]) != (frame_type, index)]
+        self.truth_log.append(entry)
+
     def collect_asset_docs(self):
         if self._file is not None:
             yield from self._file.collect_asset_docs()
 
     def truth_for(self, frame_type: str) -> list:
-        """Ground truth (``FrameTruth``) of this run's frames of one type, in file order."""
-        return [rec["truth"] for rec in self.truth_log if rec["frame_type"] == frame_type]
+        """Ground truth (``FrameTruth``) of this run's frames of one type, in file (row) order."""
+        rows = sorted(((rec["index"], rec["truth"]) for rec in self.truth_log if rec["frame_type"] == frame_type),
+                      key=lambda row: row[0])
+        return [truth for _, truth in rows]
+
+
+# ---------------------------------------------------------------------- potentiostat
+class _SimModeSignal(Signal):
+    """Writing a mode starts a step on the simulated cell; reads give the mode in force."""
+
+    def put(self, value, **kwargs):
+        self.parent._start_step(check_mode(self.name, value))
+
+
+class _SimElapse(ElapseSignal):
+    """Cell time passes on the simulated clock (instantly unless the clock is realistic)."""
+
+    def _run(self, duration_s, status):
+        wait_s = self.parent._elapse(duration_s)
+        if wait_s > 0:
+            threading.Timer(wait_s, status.set_finished).start()
+        else:
+            status.set_finished()
+
+
+class _SimClearFault(Signal):
+    def put(self, value, **kwargs):
+        if value:
+            self.parent._clear_fault()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _setting(value, kind="config") -> Cpt:
+    return Cpt(Signal, value=value, kind=kind)
+
+
+def _readback(value, kind="normal") -> Cpt:
+    return Cpt(SignalRO, value=value, kind=kind)
+
+
+class SimPotentiostat(Device):
+    """A potentiostat on the simulated cell (:class:`simulators.electrochem.NMCCell`).
+
+    Same components and behaviour as :class:`txm_live.devices.potentiostat.EpicsPotentiostat`
+    (the protocol is documented there). The cell follows the shared :class:`SimClock`:
+    every read, trigger and step start first brings the cell to the clock's time, and
+    ``elapse`` advances the clock (hours in milliseconds). Readbacks update whenever the
+    cell changes, including while the TXM detector takes frames of a sample fed by
+    :meth:`sample_source`, so a suspender on ``fault`` trips in the middle of a scan.
+
+    Parameters
+    ----------
+    cell : NMCCell
+        The cell; build it with ``start_time_s=clock.now()``.
+    clock : SimClock
+    """
+
+    mode = Cpt(_SimModeSignal, value="rest", kind="normal")
+    current_setpoint_a = _setting(0.0)
+    c_rate = Cpt(CRateSignal, derived_from="current_setpoint_a", kind="config")
+    voltage_setpoint_v = _setting(4.3)
+    voltage_max_v = _setting(4.3)
+    voltage_min_v = _setting(3.0)
+    current_limit_a = _setting(math.inf)
+    end_current_a = _setting(0.0)
+    on_limit = _setting("rest")
+    nominal_capacity_mah = _setting(1.0)
+
+    voltage_v = _readback(0.0, "hinted")
+    current_a = _readback(0.0, "hinted")
+    capacity_mah = _readback(0.0)
+    time_s = _readback(0.0)
+    step_time_s = _readback(0.0)
+    limit_reached = _readback(0)
+    fault = _readback(0)
+    fault_message = _readback("ok")
+
+    elapse = Cpt(_SimElapse, value=0.0, kind="omitted")
+    clear_fault = Cpt(_SimClearFault, value=0, kind="omitted")
+
+    def __init__(self, *args, cell, clock: SimClock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cell = cell
+        self.clock = clock
+        self._t0_s = cell.time_s
+        self.nominal_capacity_mah.put(float(cell.params.nominal_capacity_mah))
+        cell.add_observer(self._publish)
+        self._publish(cell.state())
+
+    # -------------------------------------------------------------- cell → signals
+    def _publish(self, state) -> None:
+        values = {
+            self.mode: state.mode, self.voltage_v: state.voltage_v, self.current_a: state.current_a,
+            self.capacity_mah: state.capacity_mah, self.time_s: state.time_s - self._t0_s,
+            self.step_time_s: state.step_time_s, self.limit_reached: int(state.limit_reached),
+            self.fault: int(state.fault), self.fault_message: state.fault_message,
+        }
+        for signal, value in values.items():
+            if not _same(signal.get(), value):  # subscribers (suspenders) hear changes only
+                Signal.put(signal, value, force=True)
+
+    def sync(self):
+        """Bring the cell to the clock's present time; returns its :class:`CellState`."""
+        return self.cell.advance_to(self.clock.now())
+
+    def trigger(self):
+        self.sync()
+        status = DeviceStatus(self)
+        status.set_finished()
+        return status
+
+    def read(self):
+        self.sync()
+        return super().read()
+
+    # -------------------------------------------------------------- commands
+    def _start_step(self, mode: str) -> None:
+        self.sync()
+        control = CellControl(
+            mode=mode, current_a=float(self.current_setpoint_a.get()),
+            voltage_v=float(self.voltage_setpoint_v.get()),
+            voltage_max_v=float(self.voltage_max_v.get()), voltage_min_v=float(self.voltage_min_v.get()),
+            current_limit_a=float(self.current_limit_a.get()), end_current_a=float(self.end_current_a.get()),
+            on_limit=self.on_limit.get(),
+        )
+        self.cell.apply(control)
+
+    def _elapse(self, duration_s: float) -> float:
+        """Let ``duration_s`` of cell time pass (less if the step ends); returns real seconds to wait."""
+        now = self.clock.settle()
+        state = self.cell.advance_to(now)
+        if state.limit_reached or state.fault:
+            return 0.0
+        state = self.cell.advance_to(now + duration_s, stop_on_step_end=True)
+        passed = state.time_s - now
+        self.clock.advance(passed)
+        return self.clock.wait_time(passed)
+
+    def _clear_fault(self) -> None:
+        self.sync()
+        self.cell.clear_fault()
+
+    def inject_fault(self, kind: str, *, at_time_s: float | None = None) -> None:
+        """Simulate a fault now or at clock time ``at_time_s`` ('disconnect', 'high_impedance')."""
+        self.sync()
+        self.cell.inject_fault(kind, at_time_s=at_time_s)
+
+    def sample_source(self, base, *, soc_tolerance: float = 0.005) -> OperandoSample:
+        """A ``SimTXM.sample_source`` showing ``base``'s particles in this cell's state."""
+        return OperandoSample(self.cell, base, soc_tolerance=soc_tolerance)
+
+
+def make_sim_potentiostat(model, clock: SimClock, *, params=None, inactive=None, initial_soc=0.0,
+                          seed=0, soc_tolerance=0.005, name="pstat") -> SimPotentiostat:
+    """A simulated potentiostat on a cell made of ``model``'s sample, feeding it back.
+
+    The cell's visible particles are the phantom's (``model.sample``); the microscope then
+    shows them in the cell's state at every frame (``model.sample_source``).
+
+    Parameters
+    ----------
+    model : SimTXM
+        The simulated microscope (e.g. ``make_sim_beamline(...).model``).
+    clock : SimClock
+        The beamline's clock; the cell starts at its present time.
+    params, inactive, initial_soc, seed
+        Passed to :class:`simulators.electrochem.NMCCell`.
+    soc_tolerance : float
+        See :class:`simulators.electrochem.OperandoSample`.
+    name : str
+        Device name (the profile's ``pstat``).
+    """
+    base = model.sample
+    cell = NMCCell.from_phantom(base, params=params, inactive=inactive, initial_soc=initial_soc,
+                                seed=seed, start_time_s=clock.now())
+    device = SimPotentiostat(name=name, cell=cell, clock=clock)
+    model.sample_source = device.sample_source(base, soc_tolerance=soc_tolerance)
+    return device

@@ -66,19 +66,33 @@ class HDF5FrameFile:
         # SWMR must start after every dataset exists: no new objects can be created later.
         self._file.swmr_mode = True
         self._stream_docs = {}  # frame_type -> (stream_resource doc, compose_stream_datum)
+        self._last_datum = {}   # frame_type -> the last stream_datum composed
         self._pending = deque()
 
     @staticmethod
     def dataset_path(frame_type: str) -> str:
         return f"/entry/data/{frame_type}"
 
-    def append(self, frame_type: str, frame: np.ndarray) -> int:
-        """Append one frame, flush it for readers, queue its asset documents; return its index."""
+    def append(self, frame_type: str, frame: np.ndarray, *, replace_last: bool = False) -> int:
+        """Write one frame, flush it for readers, queue its asset documents; return its row.
+
+        With ``replace_last`` the frame overwrites the last row of its type instead (a frame
+        re-taken after a pause whose first take never reached an event: see
+        :meth:`last_dropped`), and that row's documents are queued again if they were
+        handed out and lost.
+        """
         if frame_type not in self._datasets:
             raise ValueError(f"frame_type must be one of {FRAME_TYPES}, got {frame_type!r}")
         if frame.shape != self.frame_shape:
             raise ValueError(f"frame shape {frame.shape} differs from the file's {self.frame_shape}")
         ds = self._datasets[frame_type]
+        if replace_last and frame_type in self._last_datum:
+            datum = self._last_datum[frame_type]
+            index = datum["indices"]["start"]
+            ds[index] = frame
+            ds.flush()
+            self._requeue(frame_type, datum)
+            return index
         index = ds.shape[0]
         ds.resize(index + 1, axis=0)
         ds[index] = frame
@@ -97,8 +111,28 @@ class HDF5FrameFile:
             self._stream_docs[frame_type] = bundle
             self._pending.append(("stream_resource", bundle.stream_resource_doc))
         compose_datum = self._stream_docs[frame_type].compose_stream_datum
-        self._pending.append(("stream_datum", compose_datum(indices=StreamRange(start=index, stop=index + 1))))
+        datum = compose_datum(indices=StreamRange(start=index, stop=index + 1))
+        self._last_datum[frame_type] = datum
+        self._pending.append(("stream_datum", datum))
         return index
+
+    def last_dropped(self, frame_type: str) -> bool:
+        """True when the last frame of ``frame_type`` never reached an emitted event.
+
+        Its ``stream_datum`` is still queued here, or was handed out and never stamped
+        with a descriptor uid — which the RunEngine does when it emits the event, and
+        skips when a pause drops the event being bundled.
+        """
+        datum = self._last_datum.get(frame_type)
+        return datum is not None and not datum.get("descriptor")
+
+    def _requeue(self, frame_type: str, datum) -> None:
+        queued = {id(doc) for _, doc in self._pending}
+        resource = self._stream_docs[frame_type].stream_resource_doc
+        if not resource.get("run_start") and id(resource) not in queued:
+            self._pending.append(("stream_resource", resource))  # it went out with the lost event
+        if id(datum) not in queued:
+            self._pending.append(("stream_datum", datum))
 
     def append_extra(self, name: str, values) -> None:
         ds = self._extra[name]

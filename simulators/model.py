@@ -319,6 +319,42 @@ class SimTXM:
         self._proj_cache_size = 3
         self._margin_px = max(4, int(math.ceil(cfg.margin_fraction * max(ny, nx))))
         self._truth_maps: TruthMaps | None = None
+        #: Optional ``callable(time_s) -> NMCPhantom`` asked for the sample before every
+        #: frame (an operando cell whose particles change oxidation state with time); it
+        #: returns the same object while nothing changed, so cached projections are kept.
+        self.sample_source = None
+        self._displacement_nm = np.zeros(2)
+
+    # ------------------------------------------------------------------ changing sample
+    def set_sample(self, sample: NMCPhantom) -> None:
+        """Replace the sample, e.g. with the same particles in another state of charge.
+
+        Drift, detector and time carry on; cached projections and truth maps are dropped
+        (:meth:`truth_maps` then describes the new sample).
+        """
+        if not isinstance(sample, NMCPhantom):
+            raise TypeError(f"sample must be an NMCPhantom, got {type(sample).__name__}")
+        self.sample = sample
+        self._proj_cache.clear()
+        self._truth_maps = None
+
+    def displace_sample(self, dy_um: float, dx_um: float) -> None:
+        """Move the sample by (dy, dx) µm for good, as a step in its drift.
+
+        What a stage coming back from another field of view with a repeatability error, or
+        a cell re-seated after reconnection, does to the image. Counted in
+        ``FrameTruth.drift_px`` like any drift (truth maps stay at zero drift).
+        """
+        step = np.array([float(dy_um), float(dx_um)]) * 1e3
+        if not np.all(np.isfinite(step)):
+            raise ValueError(f"displacement must be finite, got ({dy_um}, {dx_um}) µm")
+        self._displacement_nm = self._displacement_nm + step
+
+    def _follow_sample_source(self, time_s: float) -> None:
+        if self.sample_source is not None:
+            sample = self.sample_source(float(time_s))
+            if sample is not self.sample:
+                self.set_sample(sample)
 
     # ------------------------------------------------------------------ projections
     def _projection(self, theta_rad: float, rel_mag: float, centre_px, need_px: int) -> dict:
@@ -498,11 +534,13 @@ class SimTXM:
         # validates energy range and geometry before any state (drift jumps) changes
         state = self.optics.imaging_state(energy_ev, zp_z_mm, det_z_mm)
         rel = state.relative_magnification
+        self._follow_sample_source(time_s)
         if self._last_energy_ev is not None and abs(energy_ev - self._last_energy_ev) > 1e-6:
             self.drift.mono_moved()
         self._last_energy_ev = energy_ev
         px_um = self.pixel_size_nm / 1e3
-        drift = (self.drift.offset(time_s) + self._wobble_nm(theta_rad)) / self.pixel_size_nm * rel
+        drift = ((self.drift.offset(time_s) + self._displacement_nm + self._wobble_nm(theta_rad))
+                 / self.pixel_size_nm * rel)
         stage = np.array([sample_y_um, sample_x_um], dtype=float) / px_um * rel
         sigma_px = min(state.blur_sigma_um / px_um * rel, cfg.max_blur_sigma_px)
         shift = drift + stage

@@ -17,11 +17,17 @@ ellipsoids inside a particle that remove its material.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 __all__ = ["Particle", "Void", "NMCPhantom", "make_nmc_phantom"]
+
+
+#: Below this radius/penetration ratio the profile's mean weight uses its series.
+_SERIES_BELOW_X = 0.05
+#: Oxidation states the phantom (and the spectra model) covers: Ni2+ … Ni4+.
+_VALENCE_MIN, _VALENCE_MAX = 2.0, 4.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,59 @@ class Particle:
         return self.core_valence + (self.surface_valence - self.core_valence) * np.exp(
             -np.maximum(depth, 0.0) / self.penetration_um
         )
+
+    def profile_mean_weight(self) -> float:
+        """Volume mean of ``exp(−(R − r)/penetration)`` over the sphere (voids ignored).
+
+        The particle's volume-mean valence is ``core + (surface − core) · f`` with this
+        ``f`` (closed form ``3/x · (1 − 2/x + 2/x² · (1 − e^{−x}))``, ``x = R/penetration``;
+        a series below x = 0.05): ``f → 3·penetration/R`` for a thin shell, ``→ 1`` for a
+        penetration much longer than the radius.
+        """
+        x = self.radius_um / self.penetration_um
+        if x < _SERIES_BELOW_X:
+            return 1.0 - x / 4.0 + x * x / 20.0 - x**3 / 120.0
+        return 3.0 / x * (1.0 - 2.0 / x - 2.0 / (x * x) * np.expm1(-x))
+
+    def mean_valence(self) -> float:
+        """Volume-mean Ni oxidation state of the profile over the whole sphere (voids ignored)."""
+        f = self.profile_mean_weight()
+        return self.core_valence + (self.surface_valence - self.core_valence) * f
+
+    def with_state(self, mean_valence, surface_valence) -> Particle:
+        """The same particle (centre, radius, penetration, voids) in another oxidation state.
+
+        Parameters
+        ----------
+        mean_valence : float
+            Volume-mean Ni oxidation state wanted (2 … 4), e.g. ``2 + 2·SOC``.
+        surface_valence : float
+            Oxidation state wanted at the surface (2 … 4).
+
+        Returns
+        -------
+        Particle
+            ``core_valence`` solved so that :meth:`mean_valence` equals ``mean_valence``
+            exactly. Where that core would leave [2, 4] (a surface far ahead of a thin
+            particle), the surface–core difference is reduced until core and surface both
+            lie in [2, 4]; the mean is always kept.
+        """
+        mean, surf = float(mean_valence), float(surface_valence)
+        for name, v in (("mean_valence", mean), ("surface_valence", surf)):
+            if not _VALENCE_MIN <= v <= _VALENCE_MAX:
+                raise ValueError(f"{name} must lie in [{_VALENCE_MIN}, {_VALENCE_MAX}], got {v}")
+        f = self.profile_mean_weight()
+        diff = surf - mean  # wanted surface - mean; surface - core = diff / (1 - f)
+        span = diff / (1.0 - f) if f < 1.0 else 0.0
+        # core = mean - span·f and surface = core + span must stay inside [2, 4]
+        lo, hi = _VALENCE_MIN, _VALENCE_MAX
+        if span > 0:
+            span = min(span, (mean - lo) / f if f > 0 else span, (hi - mean) / (1.0 - f))
+        elif span < 0:
+            span = max(span, (mean - hi) / f if f > 0 else span, (lo - mean) / (1.0 - f))
+        core = min(max(mean - span * f, lo), hi)
+        surface = min(max(core + span, lo), hi)
+        return replace(self, core_valence=core, surface_valence=surface)
 
     def shells(self, valence_grid) -> list[tuple[float, float, int]]:
         """Concentric shells that each fall in one valence bin.
@@ -353,6 +412,59 @@ class NMCPhantom:
         with np.errstate(invalid="ignore", divide="ignore"):
             valence = np.where(occ > 0, vsum / occ, np.nan).astype(np.float32)
         return np.minimum(occ, 1.0), valence
+
+
+    # ---------------------------------------------------------------- changing state
+    def with_particle_states(self, mean_valence, surface_valence) -> NMCPhantom:
+        """The same particles in new oxidation states (e.g. a cell charged further).
+
+        Parameters
+        ----------
+        mean_valence, surface_valence : array_like, shape (n_particles,)
+            Volume-mean and surface Ni oxidation state of each particle, in the order of
+            :attr:`particles` (see :meth:`Particle.with_state`).
+
+        Returns
+        -------
+        NMCPhantom
+            A new phantom; this one is unchanged.
+        """
+        mean = np.asarray(mean_valence, dtype=float)
+        surface = np.asarray(surface_valence, dtype=float)
+        n = len(self.particles)
+        if mean.shape != (n,) or surface.shape != (n,):
+            raise ValueError(
+                f"need one mean and one surface valence per particle ({n}); got shapes "
+                f"{mean.shape} and {surface.shape}"
+            )
+        parts = [p.with_state(m, s) for p, m, s in zip(self.particles, mean, surface)]
+        return NMCPhantom(parts, fov_um=self.fov_um)
+
+    def label_map(self, shape, pixel_size_um, *, theta_rad=0.0, origin_um=(0.0, 0.0)) -> np.ndarray:
+        """Which particle each pixel images (ground truth for segmentation and tracking).
+
+        Same geometry arguments as :meth:`project`.
+
+        Returns
+        -------
+        ndarray, shape (ny, nx), int32
+            ``i + 1`` where particle ``i`` (index into :attr:`particles`) has the longest
+            path through material at the pixel centre (voids removed), 0 where no
+            particle has material.
+        """
+        ny, nx = (int(s) for s in shape)
+        best = np.zeros((ny, nx), np.float32)
+        labels = np.zeros((ny, nx), np.int32)
+        one_level = np.array([_VALENCE_MIN])
+        for i, particle in enumerate(self.particles):
+            single = NMCPhantom((particle,), fov_um=self.fov_um)
+            for sy, sx, _ks, block in single._particle_blocks(one_level, (ny, nx), pixel_size_um,
+                                                             theta_rad, origin_um):
+                path = block.sum(axis=0)
+                take = path > best[sy, sx]
+                best[sy, sx] = np.where(take, path, best[sy, sx])
+                labels[sy, sx] = np.where(take, i + 1, labels[sy, sx])
+        return labels
 
 
 def _random_rotation(rng) -> np.ndarray:

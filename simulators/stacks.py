@@ -2,7 +2,8 @@
 
 Mirrors FXI's ``xanes_scan2``: darks once with the shutter closed, then per energy: move
 energy (and ZP + detector when focus tracking), take the sample frame, move the sample
-out for a flat, move it back.
+out for a flat, move it back. Energy lists come from :func:`txm_live.energies.xanes_energy_list`
+(the project's one generator).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from .model import SimTXM, TruthMaps
 
-__all__ = ["XanesStack", "simulate_xanes_stack", "edge_energies"]
+__all__ = ["XanesStack", "simulate_xanes_stack"]
 
 #: Sample-out offset used for flats, µm: far beyond any FOV of this TXM.
 SAMPLE_OUT_X_UM = 1000.0
@@ -121,22 +122,3 @@ def simulate_xanes_stack(sim: SimTXM, energies_ev, *, n_darks=5, exposure_s=0.05
         t += seconds_per_energy
     return XanesStack(frames=frames, flats=flats, darks=np.stack(darks), energies_ev=energies,
                       drift_px=drift, truth=sim.truth_maps(), times_s=times)
-
-
-def edge_energies(edge_ev=8333.0, *, pre_ev=(-60.0, -10.0), pre_step_ev=10.0,
-                  dense_ev=(-5.0, 20.0), dense_step_ev=0.5,
-                  post_ev=(25.0, 30.0, 40.0, 50.0, 65.0, 80.0, 100.0, 120.0)) -> np.ndarray:
-    """A standard XANES energy list around an edge, ascending, eV.
-
-    Sparse pre-edge (``pre_ev`` range every ``pre_step_ev``), dense across the edge and
-    whiteline (``dense_ev`` every ``dense_step_ev``), then the sparse post-edge offsets
-    ``post_ev``; all relative to ``edge_ev``. The defaults give 65 energies from
-    edge − 60 to edge + 120 eV, 0.5 eV apart from edge − 5 to edge + 20 eV (which covers
-    the Ni2+ … Ni4+ whitelines of the default spectra model).
-    """
-    lo, hi = pre_ev
-    pre = np.arange(lo, hi + 1e-9, pre_step_ev)
-    dlo, dhi = dense_ev
-    dense = np.arange(dlo, dhi + 1e-9, dense_step_ev)
-    rel = np.unique(np.round(np.concatenate([pre, dense, np.asarray(post_ev, float)]), 6))
-    return float(edge_ev) + rel

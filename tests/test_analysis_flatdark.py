@@ -21,17 +21,35 @@ def test_absorbance_value_and_dtype():
     assert abs(np.mean(a) - (-np.log(0.3))) < 0.01
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_keeps_float_precision(dtype):
+def _closed_form(frame, flat, darks):
+    """-ln((I - D) / (F - D)) in float64, D the per-pixel median dark."""
+    dark = np.median(darks.astype(np.float64), axis=0)
+    return -np.log((frame.astype(np.float64) - dark) / (flat.astype(np.float64) - dark))
+
+
+# achieved max error against the float64 closed form: 1.1e-7 (float32), 2.2e-16 (float64)
+@pytest.mark.parametrize("dtype, atol", [(np.float32, 2e-7), (np.float64, 1e-15)])
+def test_keeps_float_precision(dtype, atol):
     frames, flats, darks = _raw()
     a = flat_dark_correct(frames.astype(dtype), flats.astype(dtype), darks.astype(dtype))
     assert a.dtype == dtype
+    expected = _closed_form(frames, flats, darks)  # one flat per frame
+    np.testing.assert_allclose(a, expected, rtol=0, atol=atol)
+    if dtype == np.float64:
+        # negative control: the float64 result rounded to float32 is 6e-8 off, far
+        # outside the float64 tolerance (a float32 computation would fail it)
+        assert np.abs(a.astype(np.float32) - expected).max() > 1e3 * atol
 
 
 def test_single_frame_and_median_flats():
     frames, flats, darks = _raw(n=3)
     a = flat_dark_correct(frames[0], flats, darks)  # 3 flats, 1 frame -> median
     assert a.shape == frames.shape[1:]
+    expected = _closed_form(frames[0], np.median(flats, axis=0), darks)
+    np.testing.assert_allclose(a, expected, rtol=0, atol=2e-7)  # achieved 1.1e-7 (float32)
+    # negative controls: the mean of the flats (0.015 off) or the first flat (0.041 off)
+    for wrong_flat in (flats.mean(axis=0), flats[0]):
+        assert np.abs(a - _closed_form(frames[0], wrong_flat, darks)).max() > 1e-2
     with pytest.raises(ValueError, match="one flat per frame; got 3 flats for 2 frames"):
         flat_dark_correct(frames[:2], flats, darks, flat_mode="per_frame")
 

@@ -91,11 +91,22 @@ def test_energy_outside_the_optics_range_is_refused_before_moving(RE, sim_beamli
 
 def test_moves_take_simulated_time_in_parallel(RE, sim_beamline):
     bl = sim_beamline
+    zp0, det0 = bl.zone_plate.z.position, bl.detector_stage.z.position
+    zp1, det1 = bl.energy.optics.focus_positions(8353.0)
+    # closed form: each axis takes |Δ| / speed + settle; energy 20 eV at 20 eV/s + 0.5 s
+    # = 1.5 s, ZP ~0.12 mm at 2 mm/s + 0.1 s ≈ 0.16 s, detector ~4 mm at 20 mm/s + 0.2 s
+    # ≈ 0.40 s
+    durations = [abs(8353.0 - bl.energy.position) / bl.energy.speed + bl.energy.settle_s,
+                 abs(zp1 - zp0) / bl.zone_plate.z.speed + bl.zone_plate.z.settle_s,
+                 abs(det1 - det0) / bl.detector_stage.z.speed + bl.detector_stage.z.settle_s]
     t0 = bl.clock.now()
-    RE(bps.mv(bl.energy, 8353.0))  # 20 eV at 20 eV/s + 0.5 s settle, ZP and detector alongside
+    RE(bps.mv(bl.energy, 8353.0))  # ZP and detector follow, alongside
     bl.clock.settle()
     elapsed = bl.clock.now() - t0
-    assert 1.4 <= elapsed <= 2.5  # the slowest move, not the sum of all three
+    assert durations[0] == pytest.approx(1.5)
+    assert elapsed == pytest.approx(max(durations), abs=1e-9)  # achieved: exactly 1.500 s
+    # negative control: one move after the other would take their sum, 2.06 s
+    assert sum(durations) - elapsed > 0.5
 
 
 def test_unstaged_detector_refuses_to_trigger(sim_beamline):

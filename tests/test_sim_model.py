@@ -234,13 +234,38 @@ def test_rotation_axis_is_where_the_truth_says():
     assert est[0] == pytest.approx(0.0, abs=0.1)
 
 
-def test_wobble_is_zero_at_theta_zero_and_counted_as_drift():
-    sim = SimTXM(SimConfig(**STILL, wobble_um=0.5, seed=11))
+def _wobble_drift_px(wobble_um, seed=11):
+    """drift_px of a still sample at theta = 0, 90, 180, 270 degrees."""
+    sim = SimTXM(SimConfig(**STILL, wobble_um=wobble_um, seed=seed))
     zp, det = sim.optics.focus_positions(8400.0)
-    at0 = sim.acquire(energy_ev=8400.0, zp_z_mm=zp, det_z_mm=det, theta_rad=0.0)
-    at90 = sim.acquire(energy_ev=8400.0, zp_z_mm=zp, det_z_mm=det, theta_rad=np.pi / 2)
-    assert at0.truth.drift_px == (0.0, 0.0)
-    assert 0.1 < np.hypot(*at90.truth.drift_px) < 3 * 0.5e3 / sim.pixel_size_nm
+    drift = [np.array(sim.acquire(energy_ev=8400.0, zp_z_mm=zp, det_z_mm=det, theta_rad=th).truth.drift_px)
+             for th in (0.0, np.pi / 2, np.pi, 3 * np.pi / 2)]
+    return sim, drift
+
+
+def _wobble_amplitudes_px(drift):
+    """Radii (y, x) of the wobble circle through the four drifts, whatever its phase.
+
+    Closed form of a once-per-turn run-out d(θ) = a (cos(θ + φ) − cos φ): d(90°) + d(270°)
+    = d(180°) = −2 a cos φ and d(270°) − d(90°) = 2 a sin φ, so a = |(d270 − d90)/2, d180/2|.
+    """
+    _, d90, d180, d270 = drift
+    return np.hypot((d270 - d90) / 2, d180 / 2)
+
+
+def test_wobble_is_zero_at_theta_zero_and_counted_as_drift():
+    sim, drift = _wobble_drift_px(0.5)
+    assert tuple(drift[0]) == (0.0, 0.0)
+    np.testing.assert_allclose(drift[1] + drift[3], drift[2], atol=1e-12)  # a circle
+    # 0.5 µm run-out along x (half of it along y from axis tilt) at 320 nm per pixel:
+    # 1.5625 px and 0.78125 px (achieved to 1e-15; |drift| at 90° is 1.98 px)
+    a_px = 0.5e3 / sim.pixel_size_nm
+    np.testing.assert_allclose(_wobble_amplitudes_px(drift), [0.5 * a_px, a_px], rtol=1e-9)
+    # negative control: twice the wobble (|drift| 3.95 px at 90°, inside the old
+    # 0.1-4.7 px range) and none give other amplitudes
+    for wobble_um in (1.0, 0.0):
+        _, other = _wobble_drift_px(wobble_um)
+        assert not np.allclose(_wobble_amplitudes_px(other), [0.5 * a_px, a_px], rtol=1e-3)
 
 
 def test_large_stage_offset_brings_in_sample_from_outside_the_view():

@@ -1,4 +1,4 @@
-"""The ``txm-live`` command: ``demo``, ``serve``, ``analyze``, ``replay``, ``view``.
+"""The ``txm-live`` command: ``demo``, ``serve``, ``analyze``, ``export``, ``replay``, ``view``.
 
 Each sub-command lives in its own module; this file only parses and dispatches.
 """
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="XANES maps from an FXI-style HDF5 file (HDF5 + PNG)")
     add_analyze_arguments(analyze)
     analyze.set_defaults(func=run_analyze)
+
+    from .export import add_export_arguments, run_export
+
+    export = sub.add_parser("export", help="stored runs as FXI's own export files (2D XANES, fly scan)")
+    add_export_arguments(export)
+    export.set_defaults(func=run_export)
 
     try:
         from .replay import add_replay_arguments

@@ -3,12 +3,13 @@
 What it does, in order:
 
 1. starts the embedded Tiled server (catalog in ``OUTPUT/tiled``, detector files in
-   ``OUTPUT/frames``) and subscribes the Tiled writer to a RunEngine;
-2. subscribes the live analysis when it is installed (``txm_live.callbacks``);
-3. runs ``xanes_2d`` on the simulated TXM (a charged NMC electrode at the Ni K edge);
-4. exports the stored run in FXI's HDF5 layout and runs the batch analysis on it
-   (``txm-live analyze``), comparing the whiteline map with the simulator's truth;
-5. leaves PNG previews in ``OUTPUT/previews``.
+   ``OUTPUT/frames``) and subscribes the Tiled writer and the live analysis to a RunEngine;
+2. runs ``xanes_2d`` on the simulated TXM (a charged NMC electrode at the Ni K edge);
+3. exports the stored run in FXI's HDF5 layout (``txm-live export``, raw frames kept in
+   ``/txm_live/raw``) and runs the batch analysis on it (``txm-live analyze``: the same
+   pipeline as the live analysis, so the same maps);
+4. compares the maps with the live ones and with the simulator's truth, and leaves PNG
+   previews in ``OUTPUT/previews`` (estimate and truth on one colour scale, error map).
 
 The catalog stays on disk: ``txm-live serve OUTPUT`` serves it again.
 """
@@ -17,9 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+#: Colour limits of the map previews: these percentiles of the truth inside the sample.
+_PREVIEW_PERCENTILES = (1, 99)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,18 +36,127 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="motors and exposures take beamline time (a scan takes minutes)")
 
 
-def _save_png(path: Path, image, title: str, label: str, cmap: str = "viridis") -> Path:
-    import matplotlib
+@dataclass
+class _Session:
+    """What the demo set up: the store, the RunEngine and what listens to it."""
 
-    matplotlib.use("Agg", force=False)
+    out: Path
+    server: object
+    RE: object
+    writer: object
+    live: object
+
+
+def _start(out: Path) -> _Session:
+    from bluesky import RunEngine
+
+    from .callbacks import subscribe_live_analysis
+    from .store import EmbeddedTiled, subscribe_tiled_writer
+
+    server = EmbeddedTiled(out / "tiled", readable_storage=[out / "frames"])
+    print(f"  Tiled server at {server.uri.split('?')[0]} (catalog {out / 'tiled'})")
+    print(f"  watch it in a browser: txm-live view --tiled {out / 'tiled'}  → http://127.0.0.1:5006/")
+    RE = RunEngine({})
+    writer = subscribe_tiled_writer(RE, server.client(), backup_directory=out / "tiled-backup")
+    # One writer for raw and analysis documents: two writers appending to the embedded
+    # SQLite catalog at once collide.
+    live = subscribe_live_analysis(RE, server.client(), preview_dir=out / "previews", writer=writer)
+    print("  live analysis subscribed (previews update in previews/)")
+    return _Session(out, server, RE, writer, live)
+
+
+def _beamline(args, out: Path):
+    from simulators.beamline import make_sim_beamline
+    from simulators.model import SimConfig, SimTXM
+    from simulators.phantom import make_nmc_phantom
+
+    config = SimConfig(shape=(args.size, args.size), seed=args.seed)
+    model = SimTXM(config, sample=make_nmc_phantom(state_of_charge=args.state_of_charge, seed=args.seed))
+    return make_sim_beamline(out / "frames", model=model, realistic_timing=args.realistic_timing)
+
+
+def _scan(session: _Session, bl, args) -> str:
+    from .energies import xanes_energy_list
+    from .plans import xanes_2d
+
+    energies = xanes_energy_list(8333.0)
+    print(f"  2D XANES: {len(energies)} energies {energies.min():.0f}–{energies.max():.0f} eV, "
+          f"{args.size}² px of {bl.model.pixel_size_nm:.0f} nm, Ni K edge, state of charge {args.state_of_charge}")
+    t0 = time.perf_counter()
+    (uid,) = session.RE(xanes_2d(bl.detector, bl.energy, energies, shutter=bl.shutter,
+                                 sample_stage=bl.sample_stage, n_darks=10,
+                                 md={"sample": "NMC811 electrode (simulated)", "operator": "demo"}))
+    print(f"  scan {uid[:8]} done in {time.perf_counter() - t0:.1f} s "
+          f"(simulated beam time {bl.clock.now() / 60:.1f} min)")
+    if not session.writer.flush(600):
+        print("  warning: Tiled writer still busy after 600 s", file=sys.stderr)
+    if session.writer.failures:
+        print(f"  warning: Tiled writer reported {len(session.writer.failures)} failures; see tiled-backup/",
+              file=sys.stderr)
+    session.live.wait(600)
+    return uid
+
+
+def _export_fxi(session: _Session, uid: str) -> Path:
+    """The stored run in FXI's layout (``txm-live export``), raw frames kept in ``/txm_live/raw``."""
+    from .export import export_run
+
+    return export_run(session.server.client(), uid, session.out, with_raw=True, overwrite=True)
+
+
+def _live_maps(session: _Session, uid: str) -> dict:
+    from .replay import find_analysis_runs
+
+    (analysis,) = find_analysis_runs(session.server.client(), uid).values()
+    return {f: analysis["maps"][f].read()[-1] for f in ("whiteline", "edge", "edge_jump", "mask")}
+
+
+def _batch_maps(path: Path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in ("whiteline", "edge", "edge_jump", "mask", "shifts")}
+
+
+def _truth_at_first_frame(bl) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth whiteline and mask moved to where the first frame saw the sample, and that drift."""
+    from scipy import ndimage
+
+    truth = bl.model.truth_maps()
+    sample = bl.detector.truth_for("sample")
+    d0 = np.asarray(sample[0].drift_px)
+    whiteline = ndimage.shift(np.nan_to_num(truth.whiteline_ev), d0, order=1, mode="nearest")
+    # a pixel away from the particles' rims, where the interpolation mixes in no background
+    mask = ndimage.binary_erosion(ndimage.shift(truth.mask.astype(float), d0, order=0) > 0.5, iterations=2)
+    drift = np.array([t.drift_px for t in sample])
+    return np.where(mask, whiteline, np.nan), mask, -(drift - d0)
+
+
+def _report(batch: dict, live: dict, bl) -> dict:
+    same = all(np.array_equal(batch[f], live[f].astype(batch[f].dtype), equal_nan=True)
+               for f in ("whiteline", "edge", "edge_jump", "mask"))
+    print(f"  batch maps vs the live analysis run's maps in Tiled: {'bit-identical' if same else 'DIFFERENT'}")
+    truth_wl, truth_mask, true_shifts = _truth_at_first_frame(bl)
+    both = batch["mask"].astype(bool) & truth_mask
+    err = (batch["whiteline"] - truth_wl)[both]
+    drift_rms = np.sqrt(np.mean(np.sum((batch["shifts"] - true_shifts) ** 2, axis=1)))
+    print(f"  whiteline vs truth over {both.sum()} sample pixels: RMS {np.sqrt(np.mean(err**2)):.2f} eV, "
+          f"bias {err.mean():+.2f} eV; drift estimate vs truth RMS {drift_rms:.2f} px")
+    return {"truth": truth_wl, "estimate": np.where(both, batch["whiteline"], np.nan)}
+
+
+def _save_png(path: Path, image, title: str, label: str, *, cmap: str = "viridis", limits=None) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    finite = np.asarray(image, dtype=float)[np.isfinite(image)]
-    # Robust colour limits: a few outlier pixels must not wash out the map.
-    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (None, None)
-    shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
+    if limits is None:
+        finite = np.asarray(image, dtype=float)[np.isfinite(image)]
+        # Robust colour limits: a few outlier pixels must not wash out the map.
+        limits = np.percentile(finite, _PREVIEW_PERCENTILES) if finite.size else (None, None)
+    shown = ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1])
     fig.colorbar(shown, ax=ax, label=label)
     ax.set_title(title)
     ax.set_axis_off()
@@ -51,104 +165,42 @@ def _save_png(path: Path, image, title: str, label: str, cmap: str = "viridis") 
     return path
 
 
+def _previews(previews: Path, maps: dict, raw_frame, raw_energy_ev: float) -> None:
+    """Estimate and truth on one colour scale (the truth's), and the error map."""
+    truth, estimate = maps["truth"], maps["estimate"]
+    finite = truth[np.isfinite(truth)]
+    limits = tuple(np.percentile(finite, _PREVIEW_PERCENTILES)) if finite.size else (None, None)
+    _save_png(previews / "raw_frame.png", raw_frame, f"raw frame at {raw_energy_ev:.1f} eV", "counts", cmap="gray")
+    _save_png(previews / "whiteline_map.png", estimate, "whiteline (analysis)", "eV", limits=limits)
+    _save_png(previews / "whiteline_truth.png", truth, "whiteline (simulator truth)", "eV", limits=limits)
+    error = estimate - truth
+    span = float(np.nanpercentile(np.abs(error), 99)) if np.isfinite(error).any() else 1.0
+    _save_png(previews / "whiteline_error.png", error, "whiteline error (analysis − truth)", "eV",
+              cmap="RdBu_r", limits=(-span, span))
+    print(f"  previews: {', '.join(sorted(p.name for p in previews.glob('*.png')))}")
+
+
 def run_demo(args) -> int:
-    from bluesky import RunEngine
-
-    from simulators.beamline import make_sim_beamline
-    from simulators.model import SimConfig, SimTXM
-    from simulators.phantom import make_nmc_phantom
-
     from .batch import analyze_fxi_file
-    from .energies import xanes_energy_list
-    from .io.fxi import write_fxi_xanes
-    from .plans import xanes_2d
-    from .store import EmbeddedTiled, subscribe_tiled_writer
 
     out = args.output.resolve()
-    previews = out / "previews"
-    previews.mkdir(parents=True, exist_ok=True)
+    (out / "previews").mkdir(parents=True, exist_ok=True)
     print(f"txm-live demo → {out}")
-
-    server = EmbeddedTiled(out / "tiled", readable_storage=[out / "frames"])
-    print(f"  Tiled server at {server.uri.split('?')[0]} (catalog {out / 'tiled'})")
-    print(f"  watch it in a browser: txm-live view --tiled {out / 'tiled'}  → http://127.0.0.1:5006/")
+    session = _start(out)
     try:
-        RE = RunEngine({})
-        writer = subscribe_tiled_writer(RE, server.client(), backup_directory=out / "tiled-backup")
-        live = None
-        try:
-            from .callbacks import subscribe_live_analysis
-        except ImportError:
-            subscribe_live_analysis = None
-        if subscribe_live_analysis is not None:
-            # One writer for raw and analysis documents: two writers appending to the
-            # embedded SQLite catalog at once collide.
-            live = subscribe_live_analysis(RE, server.client(), preview_dir=previews, writer=writer)
-            print("  live analysis subscribed (previews update in previews/)")
-
-        config = SimConfig(shape=(args.size, args.size), seed=args.seed)
-        model = SimTXM(config, sample=make_nmc_phantom(state_of_charge=args.state_of_charge, seed=args.seed))
-        bl = make_sim_beamline(out / "frames", model=model, realistic_timing=args.realistic_timing)
-        energies = xanes_energy_list(8333.0)
-
-        n_done = {"n": 0}
-
-        def count_events(name, doc):
-            n_done["n"] += 1
-
-        RE.subscribe(count_events, "event")
-        print(f"  2D XANES: {len(energies)} energies {energies.min():.0f}–{energies.max():.0f} eV, "
-              f"{args.size}² px of {model.pixel_size_nm:.0f} nm, Ni K edge, state of charge {args.state_of_charge}")
-        t0 = time.perf_counter()
-        (uid,) = RE(xanes_2d(bl.detector, bl.energy, energies, shutter=bl.shutter, sample_stage=bl.sample_stage,
-                             n_darks=10, md={"sample": "NMC811 electrode (simulated)", "operator": "demo"}))
-        print(f"  scan {uid[:8]} done in {time.perf_counter() - t0:.1f} s "
-              f"({n_done['n']} events, simulated beam time {bl.clock.now() / 60:.1f} min)")
-        if not writer.flush(600):
-            print("  warning: Tiled writer still busy after 600 s", file=sys.stderr)
-        if writer.failures:
-            print(f"  warning: Tiled writer reported {len(writer.failures)} failures; see tiled-backup/",
-                  file=sys.stderr)
-        if live is not None:
-            live.wait(600)
-            for analysis_uid in live.analysis_uids.get(uid, []):
-                print(f"  live analysis run {analysis_uid[:8]} in Tiled (start.parent_uid = {uid[:8]})")
-
-        # Read the run back over HTTP, export it in FXI's layout, analyse it as a user would.
-        run = server.client()[uid]
-        frames = run["primary"]["txm_det_image"].read()
-        flats = run["flat"]["txm_det_image"].read()
-        darks = run["dark"]["txm_det_image"].read()
-        energy = np.asarray(run["primary"]["energy"].read(), dtype=float)
-        fxi_path = write_fxi_xanes(
-            out / f"xanes_{uid[:8]}.h5", frames, energy, flats=flats, darks=darks,
-            magnification=run.metadata["start"]["magnification"],
-            pixel_size_nm=run.metadata["start"]["pixel_size_nm"],
-        )
-        maps = analyze_fxi_file(fxi_path, out / "maps", progress=False)
-        print(f"  FXI-style export {fxi_path.name}; batch maps in maps/")
-
-        import h5py
-
-        with h5py.File(maps["maps"], "r") as f:
-            whiteline = f["whiteline"][()]
-            mask = f["mask"][()].astype(bool)
-            shifts = f["shifts"][()]
-        truth = model.truth_maps()
-        both = mask & truth.mask
-        err = (whiteline - truth.whiteline_ev)[both]
-        true_drift = np.array([t.drift_px for t in bl.detector.truth_for("sample")])
-        true_rel = -(true_drift - true_drift[np.argmin(energy)])
-        print(f"  whiteline vs truth over {both.sum()} sample pixels: RMS {np.sqrt(np.mean(err**2)):.2f} eV, "
-              f"bias {err.mean():+.2f} eV; drift estimate vs truth RMS "
-              f"{np.sqrt(np.mean((shifts - true_rel) ** 2)):.2f} px")
-
-        _save_png(previews / "raw_frame.png", frames[len(frames) // 2], f"raw frame at {energy[len(energy) // 2]:.1f} eV",
-                  "counts", cmap="gray")
-        _save_png(previews / "whiteline_map.png", np.where(mask, whiteline, np.nan), "whiteline (batch)", "eV")
-        _save_png(previews / "whiteline_truth.png", truth.whiteline_ev, "whiteline (simulator truth)", "eV")
-        print(f"  previews: {', '.join(sorted(p.name for p in previews.glob('*.png')))}")
+        bl = _beamline(args, out)
+        uid = _scan(session, bl, args)
+        for analysis_uid in session.live.analysis_uids.get(uid, []):
+            print(f"  live analysis run {analysis_uid[:8]} in Tiled (start.parent_uid = {uid[:8]})")
+        fxi_path = _export_fxi(session, uid)
+        outputs = analyze_fxi_file(fxi_path, out / "maps", progress=False)
+        print(f"  FXI-style export {fxi_path.name}; batch maps (txm-live analyze) in maps/")
+        maps = _report(_batch_maps(outputs["maps"]), _live_maps(session, uid), bl)
+        run = session.server.client()[uid]
+        middle = len(run.metadata["start"]["energies_ev"]) // 2
+        _previews(out / "previews", maps, run["primary"]["txm_det_image"][middle],
+                  run.metadata["start"]["energies_ev"][middle])
         print(f"Done. Serve the catalog again with: txm-live serve {out}  (runs: {uid})")
     finally:
-        server.close()
+        session.server.close()
     return 0

@@ -5,7 +5,13 @@ The run's documents come back from Tiled (``client[uid].documents()``, new style
 frame, events before the frames) and go through the very callback the RunEngine feeds
 live (:class:`txm_live.callbacks.LiveAnalysis`), which writes a new analysis run
 (``replay: True``, ``parent_uid`` = the raw run) to the same store. The analysis decides
-everything from frame indices, not arrival order, so the maps equal the live ones.
+everything from frame labels, not arrival order, so the maps equal the live ones.
+
+Re-taken frames: when a pause lands just after an event was saved, the RunEngine re-takes
+that frame under the same ``seq_num``, and Tiled stores both rows. Tiled's document
+export keeps one event per ``seq_num`` and numbers the rows 1, 2, 3 … as if there were
+no repeats; :func:`documents_with_row_seq_nums` restores each row's own ``seq_num`` (from
+the stream's table) so that the analysis can tell the re-take from the first take.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["replay", "add_replay_arguments", "run_replay", "find_analysis_runs"]
+__all__ = ["replay", "add_replay_arguments", "run_replay", "find_analysis_runs", "documents_with_row_seq_nums"]
 
 
 def _expected_documents(run) -> int | None:
@@ -27,6 +33,48 @@ def _expected_documents(run) -> int | None:
         return 2 + n_events + 3 * n_streams
     except Exception:
         return None
+
+
+def _row_seq_nums(run, stream: str):
+    """``seq_num`` of every row of ``stream`` in Tiled's table (None if it has no table)."""
+    try:
+        return [int(v) for v in run[stream].base["internal"].read()["seq_num"]]
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+def _split_datum(doc: dict, seq_nums: list[int]) -> list[dict]:
+    """The rows of one replayed ``stream_datum``, one datum per run of consecutive seq_nums."""
+    start, stop = doc["indices"]["start"], doc["indices"]["stop"]
+    out, row = [], start
+    while row < stop:
+        end = row + 1
+        while end < stop and seq_nums[end] == seq_nums[end - 1] + 1:
+            end += 1
+        out.append({**doc, "uid": f"{doc['uid']}-{row}", "indices": {"start": row, "stop": end},
+                    "seq_nums": {"start": seq_nums[row], "stop": seq_nums[end - 1] + 1}})
+        row = end
+    return out
+
+
+def documents_with_row_seq_nums(run):
+    """``run.documents()`` with each frame row's own ``seq_num`` (see the module docstring).
+
+    Yields ``(name, doc)``; a ``stream_datum`` whose stream holds repeated ``seq_num`` values
+    (re-taken frames) is split so each row carries the ``seq_num`` its event had.
+    """
+    streams: dict[str, str] = {}
+    for name, doc in run.documents():
+        if name == "descriptor":
+            streams[doc["uid"]] = doc["name"]
+        if name == "stream_datum" and doc["descriptor"] in streams:
+            seq_nums = _row_seq_nums(run, streams[doc["descriptor"]])
+            if (seq_nums is not None and len(set(seq_nums)) != len(seq_nums)
+                    and len(seq_nums) >= doc["indices"]["stop"]):
+                for part in _split_datum(doc, seq_nums):
+                    yield name, part
+                continue
+        yield name, doc
 
 
 def replay(uid: str, client, *, results_client=None, progress: bool = True, timeout: float | None = 600.0,
@@ -65,7 +113,7 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
     try:
         with tqdm(total=_expected_documents(run), unit="doc", desc=f"replay {uid[:8]}",
                   disable=not progress, file=sys.stderr) as bar:
-            for name, doc in run.documents():
+            for name, doc in documents_with_row_seq_nums(run):
                 handle(name, doc)
                 bar.update(1)
         if not handle.wait(timeout):

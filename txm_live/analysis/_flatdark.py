@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["flat_dark_correct", "remove_zingers", "FlatDarkWarning"]
+__all__ = ["flat_dark_correct", "remove_zingers", "transmission_to_absorbance", "FlatDarkWarning"]
 
 _FLAT_MODES = ("auto", "per_frame", "median")
 
@@ -243,3 +243,31 @@ def flat_dark_correct(
     if single:
         out, valid = out[0], valid[0]
     return (out, valid) if return_mask else out
+
+
+def transmission_to_absorbance(transmission, *, dtype=None):
+    """Absorbance ``-ln(T)`` of normalized transmission ``T = (I - D) / (F - D)``.
+
+    Parameters
+    ----------
+    transmission : array_like
+        Normalized transmission, e.g. FXI's exported ``img_xanes``. Not modified.
+    dtype : numpy dtype, optional
+        Output float dtype; default float64 for float64 input, else float32.
+
+    Returns
+    -------
+    ndarray
+        Absorbance; NaN where ``T`` is not positive and finite (FXI writes 0 for pixels
+        it could not normalize: those are invalid, never full absorption).
+    """
+    t = np.asarray(transmission)
+    out_dtype = np.dtype(dtype) if dtype is not None else (
+        np.dtype(np.float64) if t.dtype == np.float64 else np.dtype(np.float32))
+    if out_dtype.kind != "f":
+        raise ValueError(f"dtype must be a float dtype; got {out_dtype}")
+    t = t.astype(out_dtype, copy=False)
+    valid = np.isfinite(t) & (t > 0)
+    out = np.full(t.shape, np.nan, dtype=out_dtype)
+    np.negative(np.log(t, where=valid, out=out), where=valid, out=out)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -34,6 +35,26 @@ def check_stack(stack, name: str = "stack") -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
     return arr
+
+
+def check_spectral_stack(stack, name: str = "stack"):
+    """Return ``stack`` as a real array ``(n_energies, *spatial)`` with at least
+    one spatial axis: a numpy array, or a dask array left as it is."""
+    arr = stack if is_dask_array(stack) else np.asarray(stack)
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (n_energies, *spatial) with at least one spatial "
+            f"axis, e.g. (n_energies, ny, nx); got shape {arr.shape}"
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    return arr
+
+
+def is_dask_array(x) -> bool:
+    """True for a ``dask.array.Array`` (without importing dask when unused)."""
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, da.Array)
 
 
 @dataclass(frozen=True)

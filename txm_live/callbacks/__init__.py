@@ -13,11 +13,17 @@ onto a queue and returns (microseconds). One worker thread feeds an
 (:data:`ANALYSES`); analysis documents go to a :class:`txm_live.store.SafeTiledWriter`
 (its own thread) and to any extra ``sinks``. Errors in analysis are logged, recorded in the
 analysis run and in :attr:`LiveAnalysis.failures`, and never reach the RunEngine.
+
+Memory stays bounded over a session: once a run's analysis has emitted its results, only
+the last ``keep_runs`` finished analyses (with their stacks) and their previews are kept
+for inspection (:attr:`LiveAnalysis.analyses`, :attr:`LiveAnalysis.previews`); older ones
+are released.
 """
 from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 import queue
 import threading
 import time
@@ -61,6 +67,9 @@ class LiveAnalysis:
         (omp or tbb; ``workqueue`` aborts on concurrent launches from the detector simulator).
     worker_nice : int
         Niceness added to the worker thread (Linux), so the RunEngine thread wins the CPU.
+    keep_runs : int
+        Finished analyses (and their previews) kept in memory for inspection; older ones
+        are released once their results are emitted. Default 3.
     **options
         Passed to the analysis class (e.g. ``fit_params``, ``registration_mode``,
         ``partial_every``).
@@ -68,7 +77,10 @@ class LiveAnalysis:
 
     def __init__(self, tiled_client=None, *, preview_dir=None, sinks=(), replay: bool = False,
                  preview_interval_s: float = 2.0, writer=None, worker_threads: int | None = None,
-                 worker_nice: int = 5, **options):
+                 worker_nice: int = 5, keep_runs: int = 3, **options):
+        if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
+            raise ValueError(f"keep_runs must be an integer >= 0; got {keep_runs!r}")
+        self.keep_runs = keep_runs
         self.writer = writer
         if self.writer is None and tiled_client is not None:
             from txm_live.store import SafeTiledWriter
@@ -81,9 +93,12 @@ class LiveAnalysis:
         self.options = options
         self.worker_threads = worker_threads
         self.worker_nice = int(worker_nice)
+        #: raw uid -> its analysis runs' uids (strings only: kept for the whole session)
         self.analysis_uids: dict[str, list[str]] = {}
-        self.analyses: dict[str, object] = {}     # analysis uid -> analysis object
-        self.previews: dict[str, PngPreview] = {}  # raw uid -> preview
+        #: analysis uid -> analysis object: those running and the last ``keep_runs`` finished
+        self.analyses: OrderedDict[str, object] = OrderedDict()
+        #: raw uid -> preview, for the analyses in :attr:`analyses`
+        self.previews: dict[str, PngPreview] = {}
         self.failures: list[str] = []
         self.token = None
         self._queue: queue.Queue = queue.Queue()
@@ -118,6 +133,8 @@ class LiveAnalysis:
                 if name is None:
                     return
                 self._router(name, doc)
+                if name == "stop":
+                    self._release_old()
             except Exception as exc:  # never lose the worker
                 message = f"live analysis failed on {name!r} document: {exc!r}"
                 self.failures.append(message)
@@ -129,12 +146,23 @@ class LiveAnalysis:
         cls = ANALYSES.get(start.get("scan_type"))
         if cls is None:
             return [], []
-        preview = PngPreview(self.preview_dir, min_interval_s=self.preview_interval_s)
+        preview = PngPreview(self.preview_dir, name=f"{start['uid'][:8]}_{start.get('scan_type')}",
+                             min_interval_s=self.preview_interval_s)
         self.previews[start["uid"]] = preview
         analysis = cls(start, self._emit, preview=preview, replay=self.replay, **self.options)
         self.analyses[analysis.uid] = analysis
         self.analysis_uids.setdefault(start["uid"], []).append(analysis.uid)
         return [analysis], []
+
+    def _release_old(self) -> None:
+        """Release finished analyses beyond the last ``keep_runs`` (their results are emitted)."""
+        finished = [uid for uid, analysis in self.analyses.items() if getattr(analysis, "finished", False)]
+        for uid in finished[: max(0, len(finished) - self.keep_runs)]:
+            analysis = self.analyses.pop(uid)
+            raw_uid = analysis.raw_start["uid"]
+            if not any(a.raw_start["uid"] == raw_uid for a in self.analyses.values()):
+                self.previews.pop(raw_uid, None)
+            analysis.release()
 
     def _emit(self, name, doc):
         if self.writer is not None:

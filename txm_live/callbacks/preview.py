@@ -12,7 +12,8 @@ Qt session:
 
 * poll: ``handle.latest(raw_uid)`` returns the newest state (aligned frame, mean spectrum,
   drift, partial maps); a ``QTimer`` on the main thread (or ``plt.pause`` in a loop) can
-  redraw from it — :func:`watch` does this with pyplot;
+  redraw from it — :func:`watch` does this with pyplot
+  (``watch(handle.previews[raw_uid])``);
 * or subscribe bluesky's ``QtAwareCallback`` subclass to the *analysis* documents
   (``subscribe_live_analysis(..., sinks=[qt_callback])``): it re-posts each document to
   the Qt main thread before plotting.
@@ -75,42 +76,42 @@ def _render(state: dict, path: Path) -> None:
 
 
 class PngPreview:
-    """Write ``<directory>/<raw uid[:8]>_xanes2d.png`` at most every ``min_interval_s``.
+    """Write ``<directory>/<name>.png`` at most every ``min_interval_s`` (always when final).
 
-    ``update(analysis, final)`` is called by :class:`~txm_live.callbacks.xanes2d.Xanes2DAnalysis`
-    on the worker thread. The state it keeps (:attr:`state`) is what a GUI can poll.
+    ``update(state, final=...)`` is called on the analysis worker thread with a state
+    dict (:meth:`txm_live.callbacks.xanes2d.Xanes2DAnalysis.preview_state`: ``title``,
+    ``frame``, ``energy_ev``, ``spectrum_e``, ``spectrum``, ``drift``, ``whiteline``,
+    ``final``). The latest state (:attr:`state`) is what a GUI polls.
+
+    Parameters
+    ----------
+    directory : path, optional
+        Folder for the PNGs; None keeps the state in memory only.
+    name : str
+        File name without suffix, e.g. ``'<raw uid[:8]>_xanes2d'``.
+    min_interval_s : float
+        Least time between two PNGs of a scan in progress.
     """
 
-    def __init__(self, directory=None, *, min_interval_s: float = 2.0):
+    def __init__(self, directory=None, *, name: str = "xanes2d", min_interval_s: float = 2.0):
         self.directory = Path(directory) if directory is not None else None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
         self.min_interval_s = float(min_interval_s)
         self._last = -np.inf
         self.state: dict = {}
         self.paths: list[Path] = []
         self._lock = threading.Lock()
 
-    def update(self, analysis, *, final: bool = False) -> None:
+    def update(self, state: dict, *, final: bool = False) -> None:
         now = time.monotonic()
-        result = analysis.result if final else analysis.partial_result
-        n = len(analysis.stack)
-        state = {
-            "title": f"run {analysis.raw_start['uid'][:8]}: {n}/{len(analysis.energies)} energies",
-            "frame": analysis.stack[-1] if n else None,
-            "energy_ev": float(analysis.energies[n - 1]) if n else float("nan"),
-            "spectrum_e": analysis.energies[: len(analysis.mean_spectrum)].copy(),
-            "spectrum": list(analysis.mean_spectrum),
-            "drift": -np.asarray(analysis.shifts, dtype=float).reshape(-1, 2),
-            "whiteline": None if result is None else result.whiteline,
-            "final": final,
-        }
         with self._lock:
             self.state = state
         if self.directory is None or (not final and now - self._last < self.min_interval_s):
             return
         self._last = now
-        path = self.directory / f"{analysis.raw_start['uid'][:8]}_xanes2d.png"
+        path = self.directory / f"{self.name}.png"
         _render(state, path)
         if path not in self.paths:
             self.paths.append(path)
@@ -119,8 +120,9 @@ class PngPreview:
 def watch(preview: PngPreview, *, interval_s: float = 1.0, until=None) -> None:  # pragma: no cover - GUI
     """Redraw ``preview.state`` with pyplot on the calling (main) thread until ``until()``.
 
-    For an IPython session with a Qt backend: ``watch(handle.preview, until=lambda: done)``
-    in the main thread (or call it between scans); the worker only ever updates the state.
+    For an IPython session with a Qt backend: ``watch(handle.previews[raw_uid],
+    until=lambda: done)`` in the main thread (or call it between scans), where ``handle``
+    is the :class:`~txm_live.callbacks.LiveAnalysis`; the worker only ever updates the state.
     """
     import matplotlib.pyplot as plt
 
