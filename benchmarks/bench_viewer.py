@@ -34,30 +34,8 @@ import event_model
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_viewer import CHROMIUM, CHROMIUM_ARGS, Viewer  # noqa: E402
+from test_viewer import CHROMIUM, CHROMIUM_ARGS, PAINT_PROBE_JS, Viewer  # noqa: E402
 
-#: Records, on animation frames, when the whiteline map is first drawn (``__paintMs``,
-#: since navigation start) and when each of its titles was first drawn (``__titles``,
-#: ``[text, epoch ms]``).
-PAINT_PROBE_JS = """
-window.__paintMs = null; window.__titles = [];
-(function probe() {
-  try {
-    if (typeof Bokeh !== 'undefined' && Bokeh.documents.length) {
-      const doc = Bokeh.documents[0];
-      const src = doc.get_model_by_name('follow-map-whiteline-source');
-      const fig = doc.get_model_by_name('follow-map-whiteline-figure');
-      const view = fig ? Bokeh.index.find_one(fig) : null;
-      if (src && view && view.has_finished() && src.data.image[0].length > 1) {
-        if (window.__paintMs === null) window.__paintMs = performance.now();
-        const t = fig.title.text, seen = window.__titles;
-        if (!seen.length || seen[seen.length - 1][0] !== t) seen.push([t, Date.now()]);
-      }
-    }
-  } catch (e) {}
-  requestAnimationFrame(probe);
-})();
-"""
 MAP_KEYS = ("whiteline", "edge", "edge_jump")
 
 

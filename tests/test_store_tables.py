@@ -5,8 +5,8 @@ Tiled 0.2.20 hands every request thread the same DuckDB connection for table sto
 A viewer following a live scan reads the analysis tables while TiledWriter appends rows
 to them: exactly this load. Each case runs in a subprocess, because without the change
 the server process crashes (segmentation fault or abort) or answers 500 and loses rows
-(observed here, one outcome per run, in 4 of 4 runs: SIGSEGV, SIGABRT, and twice HTTP 500
-with 7 and 16 of 101 rows stored).
+(observed here in 8 of 8 runs, one outcome per run: SIGSEGV, SIGABRT, or HTTP 500 with as
+few as 7 of 101 rows stored).
 """
 from __future__ import annotations
 

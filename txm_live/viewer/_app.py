@@ -176,8 +176,8 @@ class ViewerApp:
             self._callback = None
         self.worker.close()
         watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.close()
+        if watch is not None:  # closing sockets may wait on the server: not on the page's thread
+            threading.Thread(target=watch.close, name="txm-viewer-watch-close", daemon=True).start()
 
     def _on_ready(self) -> None:
         """The browser has the page: apply what waited for it, in order."""

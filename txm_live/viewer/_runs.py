@@ -622,9 +622,15 @@ class Xanes2DRun(RawRun):
             node = client[f"{self.analysis_uid}/{stream}"]
         except KeyError:
             return None
+        # A composite stream lists its table's columns among its keys: read column by
+        # column while the writer appends, they disagree in length (the server answers
+        # 500). Its parts instead: the table, if it appeared since the look above, whole.
+        parts = getattr(node, "base", node)
+        if TABLE_KEY in parts:
+            return parts[TABLE_KEY].read()
         columns = {}
-        for key in node:
-            arr = node[key]
+        for key in parts:
+            arr = parts[key]
             if len(getattr(arr, "shape", ())) == 1:
                 columns[key] = np.asarray(arr[:])
         return pd.DataFrame(columns) if columns else None
