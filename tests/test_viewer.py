@@ -60,14 +60,15 @@ XY_JS = """([name, x, y]) => { const m = Bokeh.documents[0].get_model_by_name(na
   return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)]; }"""
 ARRAY_JS = """name => { const m = Bokeh.documents[0].get_model_by_name(name);
   return {x: Array.from(m.data.x), y: Array.from(m.data.y)}; }"""
-#: Records, on animation frames, when the whiteline map is first drawn (``__paintMs``,
-#: since navigation start) and when each of its titles was first drawn (``__titles``,
-#: ``[text, epoch ms]``).
+#: Records, on animation frames, when the page's Bokeh document exists (``__docMs``) and
+#: when the whiteline map is first drawn (``__paintMs``), both since navigation start, and
+#: when each of its titles was first drawn (``__titles``, ``[text, epoch ms]``).
 PAINT_PROBE_JS = """
-window.__paintMs = null; window.__titles = [];
+window.__paintMs = null; window.__docMs = null; window.__titles = [];
 (function probe() {
   try {
     if (typeof Bokeh !== 'undefined' && Bokeh.documents.length) {
+      if (window.__docMs === null) window.__docMs = performance.now();
       const doc = Bokeh.documents[0];
       const src = doc.get_model_by_name('follow-map-whiteline-source');
       const fig = doc.get_model_by_name('follow-map-whiteline-figure');
