@@ -5,7 +5,7 @@ A 2D XANES file goes through the same staged pipeline as the live analysis
 written as HDF5 and PNG; a fly scan goes through the live tomography's pipeline
 (:class:`txm_live.analysis.TomoPipeline`: zingers, flat/dark, centre, reconstruction) and
 its volume is written as HDF5 with PNGs of the centre slice and sinogram
-(:func:`reconstruct_fly_scan_file`). The CLI only dispatches to
+(:func:`reconstruct_fly_scan`). The CLI only dispatches to
 :func:`add_analyze_arguments` and :func:`run_analyze`.
 """
 
@@ -341,8 +341,8 @@ def _refuse_xanes3d_folder(folder: Path) -> int:
         print(f"txm-live analyze: {folder} is a folder, not an FXI 3D XANES scan: {exc}", file=sys.stderr)
         return 2
     print(f"txm-live analyze: {folder} holds a 3D XANES scan of {len(series)} fly scans "
-          f"({series.energies_ev.min():.1f}–{series.energies_ev.max():.1f} eV); reconstruction is not "
-          f"available in this version of txm-live yet. It opens with txm_live.io.open_fxi_xanes3d",
+          f"({series.energies_ev.min():.1f}–{series.energies_ev.max():.1f} eV); `analyze` fits 2D XANES "
+          f"files: run `txm-live analyze3d {folder}` (reconstruction, registration, per-voxel fit)",
           file=sys.stderr)
     return 3
 

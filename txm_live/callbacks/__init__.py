@@ -31,14 +31,16 @@ import time
 
 import event_model
 
+from .operando import OperandoSessionCallback, subscribe_operando_session
 from .preview import PngPreview
 from .tomo import TOMO_ANALYSIS_NAME, TomoAnalysis, read_volume
 from .xanes2d import ANALYSIS_NAME, Xanes2DAnalysis
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANALYSES", "PLAN_ANALYSES", "LiveAnalysis", "PngPreview", "TomoAnalysis", "Xanes2DAnalysis",
-           "read_volume", "subscribe_live_analysis", "ANALYSIS_NAME", "TOMO_ANALYSIS_NAME"]
+__all__ = ["ANALYSES", "PLAN_ANALYSES", "LiveAnalysis", "OperandoSessionCallback", "PngPreview", "TomoAnalysis",
+           "Xanes2DAnalysis", "read_volume", "subscribe_live_analysis", "subscribe_operando_session",
+           "ANALYSIS_NAME", "TOMO_ANALYSIS_NAME"]
 
 #: scan_type -> analysis class (an ``event_model.DocumentRouter`` taking ``(start, emit, **options)``)
 ANALYSES = {"xanes2d": Xanes2DAnalysis, "tomo": TomoAnalysis}
