@@ -1,6 +1,6 @@
 """The session callback's memory stops growing: 50 measurements keep per-particle numbers only.
 
-One real measurement (the operando plan on the simulated TXM, 64², 9 energies, analysed
+One real measurement (the operando plan on the simulated TXM, 64², 10 energies, analysed
 live) is recorded; its raw start document and its 2D XANES analysis run are then fed to
 an :class:`OperandoSessionCallback` 50 times as 50 measurements of one session (fresh
 uids, the maps shifted a pixel each time so tracking has work to do). The figures are

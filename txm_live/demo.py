@@ -9,7 +9,8 @@ What it does, in order:
    ``/txm_live/raw``) and runs the batch analysis on it (``txm-live analyze``: the same
    pipeline as the live analysis, so the same maps);
 4. compares the maps with the live ones and with the simulator's truth, and leaves PNG
-   previews in ``OUTPUT/previews`` (estimate and truth on one colour scale, error map).
+   previews in ``OUTPUT/previews`` (estimate and truth on one colour scale, error map);
+5. runs a short operando session (:mod:`txm_live.demo_operando`; ``--no-operando`` skips it).
 
 The catalog stays on disk: ``txm-live serve OUTPUT`` serves it again.
 """
@@ -34,6 +35,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-of-charge", type=float, default=0.6, help="0 (pristine, Ni2+) … 1 (charged)")
     parser.add_argument("--realistic-timing", action="store_true",
                         help="motors and exposures take beamline time (a scan takes minutes)")
+    parser.add_argument("--no-operando", action="store_true",
+                        help="skip the short operando session (txm_live.demo_operando)")
 
 
 @dataclass
@@ -199,6 +202,10 @@ def run_demo(args) -> int:
         middle = len(run.metadata["start"]["energies_ev"]) // 2
         _previews(out / "previews", maps, run["primary"]["txm_det_image"][middle],
                   run.metadata["start"]["energies_ev"][middle])
+        if not args.no_operando:
+            from .demo_operando import run_operando_demo
+
+            run_operando_demo(session, args.seed)
         print(f"Done. Serve the catalog again with: txm-live serve {out}  (runs: {uid})")
     finally:
         session.server.close()
