@@ -85,7 +85,7 @@ def main():
         live = LiveAnalysis(sinks=[session], keep_runs=2)
         monitor = Monitor(live, session)
         RE = RunEngine({}, call_returns_result=False)
-        for callback in (live, session, monitor):
+        for callback in (session, live, monitor):  # the session callback first (see subscribe_operando_session)
             RE.subscribe(callback)
         cycle_s = 2 * 3600.0  # a 1C charge and discharge
         n_cycles = max(1, round(args.measurements * args.every / cycle_s))  # about that many measurements

@@ -43,7 +43,8 @@ class Beamline:
         self.session_docs: list = []
         self.session = OperandoSessionCallback(lambda name, doc: self.session_docs.append((name, doc)))
         self.live = LiveAnalysis(sinks=[self.session])
-        for callback in (lambda name, doc: self.docs.append((name, doc)), self.live, self.session):
+        # the session callback hears each raw start before the live analysis can emit from it
+        for callback in (lambda name, doc: self.docs.append((name, doc)), self.session, self.live):
             self.RE.subscribe(callback)
 
     def plan(self, **kwargs):
