@@ -14,6 +14,7 @@ What it does, in order:
    detector centre: the live analysis writes centre slices to Tiled during the scan and
    the volume after it; the demo compares the centre and the volume with the truth
    (``--tomo-projections 0`` skips it).
+6. runs a short operando session (:mod:`txm_live.demo_operando`; ``--no-operando`` skips it).
 
 The catalog stays on disk: ``txm-live serve OUTPUT`` serves it again.
 """
@@ -40,6 +41,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="projections of the tomography scan over 180° (0: no tomography; default 120)")
     parser.add_argument("--realistic-timing", action="store_true",
                         help="motors and exposures take beamline time (a scan takes minutes)")
+    parser.add_argument("--no-operando", action="store_true",
+                        help="skip the short operando session (txm_live.demo_operando)")
 
 
 @dataclass
@@ -247,6 +250,10 @@ def run_demo(args) -> int:
                   run.metadata["start"]["energies_ev"][middle])
         if args.tomo_projections:
             _tomography(session, args, out)
+        if not args.no_operando:
+            from .demo_operando import run_operando_demo
+
+            run_operando_demo(session, args.seed)
         print(f"Done. Serve the catalog again with: txm-live serve {out}  (runs: {uid})")
     finally:
         session.server.close()
