@@ -56,7 +56,7 @@ def _start(out: Path) -> _Session:
     server = EmbeddedTiled(out / "tiled", readable_storage=[out / "frames"])
     print(f"  Tiled server at {server.uri.split('?')[0]} (catalog {out / 'tiled'})")
     RE = RunEngine({})
-    writer = subscribe_tiled_writer(RE, server.client(), backup_directory=out / "tiled-backup")
+    writer = subscribe_tiled_writer(RE, server.client(), spool_directory=out / "tiled-backup")
     # One writer for raw and analysis documents: two writers appending to the embedded
     # SQLite catalog at once collide.
     live = subscribe_live_analysis(RE, server.client(), preview_dir=out / "previews", writer=writer)
