@@ -1,7 +1,7 @@
 """The ``txm-live`` command: a simulated beamtime, the catalog server, analysis and storage tools.
 
 Sub-commands: ``demo``, ``serve``, ``spool``, ``serve-analysis``, ``zmq-proxy``, ``analyze``,
-``export``, ``replay``.
+``analyze3d``, ``export``, ``replay``, ``view``.
 
 Each sub-command lives in its own module; this file only parses and dispatches.
 """
@@ -15,6 +15,18 @@ def _run_replay(args) -> int:
     from .replay import run_replay
 
     return run_replay(args)
+
+
+def _add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    from .viewer._serve import add_view_arguments  # no Panel import until the viewer runs
+
+    add_view_arguments(parser)
+
+
+def _run_view(args) -> int:
+    from .viewer import run_view
+
+    return run_view(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_analyze_arguments(analyze)
     analyze.set_defaults(func=run_analyze)
 
+    from .pipelines.xanes3d_cli import add_analyze3d_arguments, run_analyze3d
+
+    analyze3d = sub.add_parser("analyze3d", help="3D XANES (FXI fly scans, one per energy) → per-voxel "
+                                                 "whiteline/edge volumes, in process or on Dask")
+    add_analyze3d_arguments(analyze3d)
+    analyze3d.set_defaults(func=run_analyze3d)
+
     from .export import add_export_arguments, run_export
 
     export = sub.add_parser("export", help="stored runs as FXI's own export files (2D XANES, fly scan)")
@@ -68,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         replay = sub.add_parser("replay", help="feed a stored run through the live analysis again")
         add_replay_arguments(replay)
         replay.set_defaults(func=_run_replay)
+
+    view = sub.add_parser("view", help="the live viewer in the browser (follow the scan, browse runs), from Tiled")
+    _add_view_arguments(view)
+    view.set_defaults(func=_run_view)
     return parser
 
 

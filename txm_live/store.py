@@ -142,6 +142,24 @@ def register_bluesky_exporters() -> None:
     default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
 
 
+def _serialize_table_storage(catalog) -> None:
+    """Let one request at a time use the embedded server's DuckDB table storage.
+
+    Tiled 0.2 hands every request thread the *same* DuckDB connection (a SQLAlchemy
+    ``StaticPool``): a table read (a viewer following the scan, a replay) while the writer
+    appends event rows crashed the server process with a segmentation fault (measured: 2 of
+    2 runs of 300 appends against a concurrent reader). A one-connection ``QueuePool``
+    makes the requests take turns instead (``tests/test_store_tables.py``).
+    """
+    import sqlalchemy.pool
+
+    for storage in getattr(catalog.context, "writable_storage", {}).values():
+        if getattr(storage, "dialect", None) == "duckdb":
+            storage.__dict__["_connection_pool"] = sqlalchemy.pool.QueuePool(
+                storage._adbc_connection.adbc_clone, pool_size=1, max_overflow=0, timeout=60,
+                reset_on_return=None)
+
+
 class EmbeddedTiled:
     """A Tiled server on 127.0.0.1 holding a catalog in ``directory``.
 
@@ -194,6 +212,7 @@ class EmbeddedTiled:
             raise RuntimeError(f"the Tiled server for {self.directory} did not start on {HOST}, {where}: {exc} "
                                f"(see {self.directory / 'error.log'})") from exc
         _serialize_storage_access(self._server.app)
+        _serialize_table_storage(self._server.catalog)
         self.uri = self._server.uri
         self._closed = False
         # The server's thread is not a daemon: without this, the interpreter would wait for
