@@ -49,6 +49,7 @@ from ._tomo import (
     reconstruction_backends,
 )
 from ._tomo_center import CenterSweep, center_sweep, find_center, slice_entropy
+from ._tomo_pipeline import ProjectionAbsorbance, TomoPipeline, TomoSlice, TomoVolume
 from ._tomo_prep import (
     correct_jitter,
     estimate_jitter,
@@ -108,6 +109,7 @@ __all__ = [
     "passed_peak_ev",
     "peak_whiteline_map",
     "prepare_xanes_sampled",
+    "ProjectionAbsorbance",
     "ProjectionDrift",
     "QUALITY_OK",
     "QUALITY_SUSPECT",
@@ -127,6 +129,9 @@ __all__ = [
     "StackAligner",
     "STATUS_CODES",
     "TomoInputWarning",
+    "TomoPipeline",
+    "TomoSlice",
+    "TomoVolume",
     "TrackingStep",
     "transmission_to_absorbance",
     "Xanes2DPipeline",
