@@ -152,7 +152,8 @@ def _write_outputs(path: Path, out_dir: Path, data, pipeline: Xanes2DPipeline, a
             "shifts": np.asarray(pipeline.shifts, dtype=float).reshape(-1, 2), "energies_ev": res.energies,
         },
         attrs={"source": str(path), "layout": data.layout, "layout_reason": data.layout_reason, "align": align, "fit_params": dict(res.params),
-               "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification},
+               "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification,
+               "quality": pipeline.quality, "quality_warnings": "\n".join(pipeline.quality_warnings)},
     )
     labels = {"whiteline": "eV", "edge": "eV", "edge_jump": "absorbance"}
     for name in _PNG_MAPS:
@@ -229,6 +230,8 @@ def analyze_fxi_file(
         bar.set_postfix_str("correct + align")
         _feed(pipeline, data, bar)
         pipeline.finish()
+        for warning in pipeline.quality_warnings:  # also in the maps file's attributes
+            warnings.warn(f"{path.name}: the maps are suspect: {warning}", UserWarning, stacklevel=2)
         bar.set_postfix_str("fit")
         pipeline.fit_final()
         bar.update(1)
