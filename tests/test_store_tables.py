@@ -1,7 +1,9 @@
 """The embedded Tiled server under a table read while its writer appends.
 
 Tiled 0.2.20 hands every request thread the same DuckDB connection for table storage;
-``EmbeddedTiled`` makes table requests take turns on it (``store._serialize_table_storage``).
+``EmbeddedTiled`` makes table requests take turns on it: one pooled connection
+(``store._serialize_table_storage``) and one storage request at a time
+(``store._serialize_storage_access``); the negative control removes both.
 A viewer following a live scan reads the analysis tables while TiledWriter appends rows
 to them: exactly this load. Each case runs in a subprocess, because without the change
 the server process crashes (segmentation fault or abort) or answers 500 and loses rows
@@ -25,8 +27,9 @@ from pathlib import Path
 import pyarrow as pa
 import txm_live.store as store
 
-if sys.argv[2] == "without":
-    store._serialize_table_storage = lambda catalog: None  # Tiled's own connection sharing
+if sys.argv[2] == "without":  # Tiled's own connection sharing, neither guard
+    store._serialize_table_storage = lambda catalog: None
+    store._serialize_storage_access = lambda app: None
 server = store.EmbeddedTiled(Path(sys.argv[1]))
 table = server.client().create_appendable_table(
     schema=pa.schema([("seq_num", pa.int64()), ("value", pa.float64())]), key="rows")
