@@ -240,8 +240,9 @@ def analyze_fxi_file(
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``txm-live analyze`` arguments to ``parser``."""
-    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (fly scans and 3D XANES folders are "
-                                                "recognised; their reconstruction is not available yet)")
+    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (fly scans are recognised; a folder of "
+                                                "fly scans at several energies, 3D XANES, goes to "
+                                                "`txm-live analyze3d`)")
     parser.add_argument("--layout", choices=_LAYOUT_CHOICES, default="auto",
                         help="how to read the file (default: auto, recognised from its datasets and content; "
                              "xanes2d: img_xanes is FXI's transmission; xanes2d_raw: img_xanes holds raw counts)")
