@@ -27,6 +27,19 @@ it can still be re-taken when every frame has its own checkpoint (as the plan st
 :mod:`txm_live.plans.stubs` do). A frame re-taken after it was already used (a plan
 without per-frame checkpoints) is ignored and noted in :attr:`Xanes2DPipeline.notes`.
 
+Results the pipeline cannot stand behind
+----------------------------------------
+:attr:`Xanes2DPipeline.quality_warnings` lists what makes the maps suspect, and
+:attr:`~Xanes2DPipeline.quality` is ``'suspect'`` when it is not empty (else ``'ok'``):
+
+* **saturation** — pixels of a flat or a sample frame at the detector's full scale
+  (``saturation_counts``; by default the raw frames' integer maximum, 65535 for uint16)
+  after zinger removal: their absorbance is NaN (a clipped flat would give a finite
+  absorbance that is too low), and how many is reported per flat set and for the frames;
+* **registration** — a frame whose shift is beyond the aligner's search range or whose
+  correlation peak says it did not match its reference (:class:`StackAligner`'s
+  ``suspect``): its maps pixels may be misplaced.
+
 Public names are re-exported by :mod:`txm_live.analysis`.
 """
 from __future__ import annotations
@@ -37,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ._flatdark import flat_dark_correct, remove_zingers, transmission_to_absorbance
+from ._flatdark import flat_dark_correct, full_scale_counts, remove_zingers, transmission_to_absorbance
 from ._partial import XanesMaps, partial_xanes_maps, sample_mask
 from ._registration import StackAligner, apply_shifts
 from ._xanes import fit_xanes
@@ -45,6 +58,8 @@ from ._xanes import fit_xanes
 __all__ = [
     "FRAME_TYPES",
     "NO_ENERGY_INDEX",
+    "QUALITY_OK",
+    "QUALITY_SUSPECT",
     "EnergyCompleted",
     "FrameAligned",
     "FrameLabel",
@@ -57,6 +72,8 @@ FRAME_TYPES = ("dark", "flat", "sample")
 #: ``energy_index`` of frames not taken at an energy of the list (darks).
 NO_ENERGY_INDEX = -1
 REGISTRATION_MODES = ("running_mean", "reference", "neighbour", "none")
+#: ``Xanes2DPipeline.quality``: nothing to report, or see ``quality_warnings``.
+QUALITY_OK, QUALITY_SUSPECT = "ok", "suspect"
 
 
 @dataclass(frozen=True, order=True)
@@ -190,8 +207,12 @@ class _FlatDarkState:
     """The dark and the flats by flat position, combined and cleaned once."""
 
     zinger_sigma: float | None
+    saturation_counts: float = np.inf
     dark: np.ndarray | None = None
     flats: dict = field(default_factory=dict)   # flat position -> cleaned flat
+    n_pixels: int = 0                           # pixels of a frame
+    n_saturated_frames: int = 0                 # sample frames with saturated pixels
+    max_saturated_px: int = 0                   # most saturated pixels in one of them
 
     def combine_dark(self, frames: list[np.ndarray], shape) -> np.ndarray:
         if not frames:
@@ -221,9 +242,19 @@ class _FlatDarkState:
 
     def correct(self, frame: _Frame, flat: np.ndarray) -> np.ndarray:
         raw = frame.cleaned if frame.cleaned is not None else self.clean(frame.image)
+        n_saturated = self.count_saturated(raw)
+        if n_saturated:
+            self.n_saturated_frames += 1
+            self.max_saturated_px = max(self.max_saturated_px, n_saturated)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # dead pixels -> NaN, expected
-            return flat_dark_correct(raw, flat, self.dark, zinger_sigma=None)
+            warnings.simplefilter("ignore")  # dead and saturated pixels -> NaN, counted here
+            return flat_dark_correct(raw, flat, self.dark, zinger_sigma=None,
+                                     saturation_counts=self.saturation_counts)
+
+    def count_saturated(self, image: np.ndarray) -> int:
+        """Pixels at or above the full scale (after zinger removal)."""
+        self.n_pixels = image.size
+        return int(np.count_nonzero(image >= self.saturation_counts))
 
 
 class Xanes2DPipeline:
@@ -245,6 +276,12 @@ class Xanes2DPipeline:
         Partial maps every this many energies (0: none).
     min_partial_energies : int
         No partial maps before this many energies are in the stack.
+    saturation_counts : float, optional
+        The detector's full-scale reading (counts); default the largest value of the
+        first raw frame's integer dtype (none for float frames). See
+        :attr:`quality_warnings`.
+    max_shift_px : float, optional
+        Registration search range (px); default :class:`StackAligner`'s.
 
     Notes
     -----
@@ -267,19 +304,24 @@ class Xanes2DPipeline:
 
     def __init__(self, layout: XanesScanLayout, *, registration_mode: str = "running_mean", roi=None,
                  zinger_sigma: float | None = 10.0, fit_params: dict | None = None,
-                 partial_every: int = 10, min_partial_energies: int = 20):
+                 partial_every: int = 10, min_partial_energies: int = 20,
+                 saturation_counts: float | None = None, max_shift_px: float | None = None):
         if not isinstance(layout, XanesScanLayout):
             raise TypeError(f"layout must be a XanesScanLayout; got {type(layout).__name__}")
         if registration_mode not in REGISTRATION_MODES:
             raise ValueError(f"registration_mode must be one of {REGISTRATION_MODES}; got {registration_mode!r}")
         if zinger_sigma is not None and not zinger_sigma > 0:
             raise ValueError(f"zinger_sigma must be > 0 or None; got {zinger_sigma!r}")
+        if saturation_counts is not None and not saturation_counts > 0:
+            raise ValueError(f"saturation_counts must be > 0 counts or None; got {saturation_counts!r}")
+        self.saturation_counts = saturation_counts
         self.layout = layout
         self.registration_mode = registration_mode
         self.fit_params = dict(fit_params or {})
         self.partial_every = _positive_int("partial_every", partial_every, 0)
         self.min_partial_energies = _positive_int("min_partial_energies", min_partial_energies, 0)
-        self._aligner = None if registration_mode == "none" else StackAligner(mode=registration_mode, roi=roi)
+        self._aligner = None if registration_mode == "none" else StackAligner(
+            mode=registration_mode, roi=roi, max_shift_px=max_shift_px)
         self._state = _FlatDarkState(zinger_sigma)
         self._kind: str | None = None                 # 'raw' or 'absorbance', fixed by the first frame
         self._frames: dict[FrameLabel, _Frame] = {}   # announced, not yet used
@@ -303,6 +345,8 @@ class Xanes2DPipeline:
         self.n_retaken = 0
         #: What the pipeline could not use, in words.
         self.notes: list[str] = []
+        self._saturated_flats: list[tuple[int, int]] = []   # (energy index, pixels at full scale)
+        self._suspect_frames: list[tuple[FrameLabel, str]] = []
 
     # ---- input ------------------------------------------------------------------------
     def add_frame(self, label: FrameLabel, image, *, source=None) -> list:
@@ -332,6 +376,7 @@ class Xanes2DPipeline:
             raise ValueError(f"frame {label} must be 2-D (ny, nx); got shape {image.shape}")
         if self._kind is None:
             self._kind = kind
+            self._set_saturation(image.dtype)
         elif self._kind != kind:
             raise ValueError(f"frame {label} is {kind} but this pipeline takes {self._kind} frames")
         if self._provisional is not None and self._provisional != label:
@@ -346,6 +391,10 @@ class Xanes2DPipeline:
         steps = self._advance(final=False)
         self._clean_ahead(label)
         return steps
+
+    def _set_saturation(self, dtype) -> None:
+        level = self.saturation_counts if self.saturation_counts is not None else full_scale_counts(dtype)
+        self._state.saturation_counts = np.inf if level is None else float(level)
 
     def _clean_ahead(self, label: FrameLabel) -> None:
         """Remove a waiting frame's zingers now (a pure function of the frame and the dark),
@@ -367,6 +416,33 @@ class Xanes2DPipeline:
                               f"incomplete): {left[0]} ...")
         self._frames.clear()
         return steps
+
+    @property
+    def quality_warnings(self) -> list[str]:
+        """What makes the result suspect, in words (see the module docstring); [] if nothing."""
+        out = []
+        state = self._state
+        if self._saturated_flats:
+            (first, n_first), worst = self._saturated_flats[0], max(n for _, n in self._saturated_flats)
+            n_sets = len(self.layout.flat_energy_indices)
+            out.append(f"saturation: the flats at {len(self._saturated_flats)} of {n_sets} flat energies have pixels "
+                       f"at the detector's full scale (>= {state.saturation_counts:g} counts), from energy index "
+                       f"{first} ({n_first} pixels; up to {worst} of {state.n_pixels}): their absorbance is NaN, not "
+                       "the too-low finite value a clipped flat gives")
+        if state.n_saturated_frames:
+            out.append(f"saturation: {state.n_saturated_frames} sample frame(s) have pixels at the detector's full "
+                       f"scale (>= {state.saturation_counts:g} counts; up to {state.max_saturated_px} in one "
+                       "frame): their absorbance is NaN")
+        if self._suspect_frames:
+            label, problem = self._suspect_frames[0]
+            out.append(f"registration: {len(self._suspect_frames)} of {len(self.shifts)} sample frame(s) may be "
+                       f"misplaced, from {label}: {problem}")
+        return out
+
+    @property
+    def quality(self) -> str:
+        """``'ok'``, or ``'suspect'`` when :attr:`quality_warnings` says why."""
+        return QUALITY_SUSPECT if self.quality_warnings else QUALITY_OK
 
     def fit_final(self) -> XanesMaps:
         """:func:`fit_xanes` on the whole stack: the final maps (also :attr:`final`)."""
@@ -403,7 +479,7 @@ class Xanes2DPipeline:
         self._n_stack = 0
         self._frames.clear()
         self._energy_frames = []
-        self._state = _FlatDarkState(self._state.zinger_sigma)
+        self._state = _FlatDarkState(self._state.zinger_sigma, self._state.saturation_counts)
 
     # ---- stages -----------------------------------------------------------------------
     def _usable(self, label: FrameLabel, final: bool) -> bool:
@@ -447,7 +523,11 @@ class Xanes2DPipeline:
             if position in self._state.flats:
                 return self._state.flats[position]
             labels = self._flat_labels(position, True)
-        return self._state.combine_flat(position, [self._take(label) for label in labels])
+        flat = self._state.combine_flat(position, [self._take(label) for label in labels])
+        n_saturated = self._state.count_saturated(flat)
+        if n_saturated:
+            self._saturated_flats.append((self.layout.flat_energy_indices[position], n_saturated))
+        return flat
 
     def _absorbance(self, label: FrameLabel, final: bool):
         """The frame's absorbance once its dark and flat exist (None: not yet)."""
@@ -482,6 +562,9 @@ class Xanes2DPipeline:
         else:
             shift = self._aligner.add(absorbance)
             aligned = apply_shifts(absorbance[None], [shift])[0]
+            problem = self._aligner.suspect.get(len(self._aligner.shifts) - 1)
+            if problem is not None:
+                self._suspect_frames.append((label, problem))
         self._energy_frames.append(aligned)
         self.aligned_labels.append(label)
         self.shifts.append(shift)
