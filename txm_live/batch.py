@@ -316,8 +316,9 @@ def reconstruct_fly_scan(data, output_dir, *, progress: bool = True, zinger_sigm
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``txm-live analyze`` arguments to ``parser``."""
-    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (maps) or fly-scan file (volume); "
-                                                "3D XANES folders are recognised, not yet reconstructed")
+    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (maps) or fly-scan file (volume); a "
+                                                "folder of fly scans at several energies (3D XANES) goes to "
+                                                "`txm-live analyze3d`")
     parser.add_argument("--layout", choices=_LAYOUT_CHOICES, default="auto",
                         help="how to read the file (default: auto, recognised from its datasets and content; "
                              "xanes2d: img_xanes is FXI's transmission; xanes2d_raw: img_xanes holds raw counts)")

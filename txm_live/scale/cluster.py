@@ -23,6 +23,9 @@ __all__ = ["SCHEDULER_ENV", "DaskRunner", "dask_runner"]
 SCHEDULER_ENV = "TXM_LIVE_DASK_SCHEDULER"
 _IN_PROCESS = ("threads", "sync")
 _REMOTE_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://")
+#: How long a local worker may take to start and reach the scheduler (dask's default is
+#: 30 s; a loaded analysis machine importing numba in every new worker can exceed it).
+LOCAL_CONNECT_TIMEOUT = "120s"
 
 
 class DaskRunner:
@@ -87,15 +90,17 @@ class DaskRunner:
 
 
 def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit):
+    import dask
     from dask.distributed import LocalCluster
 
     # numba (the XANES kernel) would start one thread per core in every worker: give
     # each worker its own share instead of oversubscribing the cores.
     env = {"NUMBA_NUM_THREADS": str(threads_per_worker),
            "OMP_NUM_THREADS": str(threads_per_worker)}
-    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                        processes=True, host="127.0.0.1", dashboard_address=None,
-                        memory_limit=memory_limit, env=env)
+    with dask.config.set({"distributed.comm.timeouts.connect": LOCAL_CONNECT_TIMEOUT}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                            processes=True, host="127.0.0.1", dashboard_address=None,
+                            memory_limit=memory_limit, env=env)
 
 
 def dask_runner(scheduler: str | None = None, *, n_workers: int | None = None,
