@@ -57,6 +57,12 @@ FRAME_TYPES = ("dark", "flat", "sample")
 #: ``energy_index`` of frames not taken at an energy of the list (darks).
 NO_ENERGY_INDEX = -1
 REGISTRATION_MODES = ("running_mean", "reference", "neighbour", "none")
+#: A flat whose median lies fewer than this many dark-noise sigmas above the dark saw no beam.
+FLAT_MIN_SIGNAL_TO_NOISE = 10.0
+#: A sample frame with a finite absorbance in fewer than this fraction of its pixels is reported.
+MIN_FINITE_FRACTION = 0.5
+#: Median absolute deviation → standard deviation of a normal distribution.
+MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True, order=True)
@@ -183,6 +189,7 @@ class _Frame:
     image: np.ndarray
     source: Any = None
     cleaned: np.ndarray | None = None   # zingers removed ahead of time (same numbers, earlier)
+    saturated: np.ndarray | None = None  # (ny, nx) bool: pixels at the detector's full scale
 
 
 @dataclass
@@ -192,6 +199,23 @@ class _FlatDarkState:
     zinger_sigma: float | None
     dark: np.ndarray | None = None
     flats: dict = field(default_factory=dict)   # flat position -> cleaned flat
+    flats_saturated: dict = field(default_factory=dict)  # flat position -> (ny, nx) bool or None
+    full_scale: float | None = None             # the detector's full scale (integer frames), counts
+    #: frame type -> (frames with saturated pixels left after zinger cleaning, most in one frame)
+    saturation: dict = field(default_factory=dict)
+
+    def still_saturated(self, frame_type: str, mask, cleaned: np.ndarray):
+        """Pixels of ``mask`` still at full scale after zinger cleaning (isolated hot pixels are
+        replaced by their neighbours' median; a saturated region is not); counted by frame type."""
+        if mask is None:
+            return None
+        left = mask & (cleaned >= self.full_scale)
+        n = int(left.sum())
+        if not n:
+            return None
+        frames, most = self.saturation.get(frame_type, (0, 0))
+        self.saturation[frame_type] = (frames + 1, max(most, n))
+        return left
 
     def combine_dark(self, frames: list[np.ndarray], shape) -> np.ndarray:
         if not frames:
@@ -216,14 +240,35 @@ class _FlatDarkState:
         else:
             stack = np.stack([f.image for f in frames]).astype(np.float32)
             flat = self.clean(np.median(stack, axis=0) if len(stack) > 1 else stack[0])
+        self._check_flat_above_dark(position, flat)
+        masks = [f.saturated for f in frames if f.saturated is not None]
+        self.flats_saturated[position] = self.still_saturated(
+            "flat", np.logical_or.reduce(masks) if masks else None, flat)
         self.flats[position] = flat
         return flat
 
-    def correct(self, frame: _Frame, flat: np.ndarray) -> np.ndarray:
+    def _check_flat_above_dark(self, position: int, flat: np.ndarray) -> None:
+        """Raise when the flat is no brighter than the dark (shutter closed, beam off, wrong frames)."""
+        if self.dark is None or not np.any(self.dark):
+            return  # no dark measured: nothing to compare with
+        signal = float(np.nanmedian(flat - self.dark))
+        noise = float(np.nanmedian(np.abs(self.dark - np.nanmedian(self.dark)))) * MAD_TO_SIGMA + 1.0
+        if not signal > FLAT_MIN_SIGNAL_TO_NOISE * noise:
+            raise ValueError(
+                f"the flat of flat set {position} is only {signal:.1f} counts above the dark (median), "
+                f"expected at least {FLAT_MIN_SIGNAL_TO_NOISE:g} x the dark's noise ({noise:.1f} counts): "
+                "no beam on the detector (shutter closed? beam lost?); the frames cannot be corrected")
+
+    def correct(self, frame: _Frame, flat: np.ndarray, position: int) -> np.ndarray:
         raw = frame.cleaned if frame.cleaned is not None else self.clean(frame.image)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # dead pixels -> NaN, expected
-            return flat_dark_correct(raw, flat, self.dark, zinger_sigma=None)
+            absorbance = flat_dark_correct(raw, flat, self.dark, zinger_sigma=None)
+        saturated = [m for m in (self.still_saturated("sample", frame.saturated, raw),
+                                 self.flats_saturated.get(position)) if m is not None]
+        if saturated:  # clipped counts give a wrong, finite absorbance: no value at all is honest
+            absorbance[np.logical_or.reduce(saturated)] = np.nan
+        return absorbance
 
 
 class Xanes2DPipeline:
@@ -341,11 +386,19 @@ class Xanes2DPipeline:
             return []
         if label in self._frames:
             self.n_retaken += 1
-        self._frames[label] = _Frame(image, source)
+        self._frames[label] = _Frame(image, source, saturated=self._saturated(label, image, kind))
         self._provisional = label
         steps = self._advance(final=False)
         self._clean_ahead(label)
         return steps
+
+    def _saturated(self, label: FrameLabel, image: np.ndarray, kind: str) -> np.ndarray | None:
+        """Pixels of a raw integer flat or sample frame at the detector's full scale (None: none)."""
+        if kind != "raw" or label.frame_type == "dark" or not np.issubdtype(image.dtype, np.integer):
+            return None
+        self._state.full_scale = float(np.iinfo(image.dtype).max)
+        saturated = image >= self._state.full_scale
+        return saturated if saturated.any() else None
 
     def _clean_ahead(self, label: FrameLabel) -> None:
         """Remove a waiting frame's zingers now (a pure function of the frame and the dark),
@@ -361,6 +414,9 @@ class Xanes2DPipeline:
         self._provisional = None
         steps = self._advance(final=True)
         self._finished = True
+        for frame_type, (frames, most) in self._state.saturation.items():
+            self.notes.append(f"{frames} {frame_type} frame(s) hold saturated regions (pixels at the detector's "
+                              f"full scale, up to {most} per frame): their absorbance is NaN (masked)")
         left = sorted(label for label in self._frames if label.frame_type == "sample")
         if left:
             self.notes.append(f"{len(left)} sample frame(s) not used (an energy before them is "
@@ -423,6 +479,11 @@ class Xanes2DPipeline:
             return None
         darks = sorted(label for label in self._frames if label.frame_type == "dark"
                        and self._usable(label, final))
+        if len(darks) < self.layout.n_darks:
+            self.notes.append(
+                f"{len(darks)} of the {self.layout.n_darks} planned dark frames arrived; "
+                + ("the dark is taken as 0 counts, so the absorbance is biased by the detector's offset"
+                   if not darks else "the dark is the median of those"))
         shape = next(iter(self._frames.values())).image.shape
         return self._state.combine_dark([self._take(label).image for label in darks], shape)
 
@@ -431,10 +492,11 @@ class Xanes2DPipeline:
         labels = [FrameLabel("flat", energy_index, r) for r in range(self.layout.flats_per_energy)]
         return labels if all(self._usable(label, final) for label in labels) else None
 
-    def _flat(self, energy_index: int, final: bool):
+    def _flat(self, energy_index: int, final: bool) -> int | None:
+        """Position (in ``flat_energy_indices``) of the combined flat for ``energy_index``; None: not yet."""
         position = self.layout.flat_position(energy_index)
         if position in self._state.flats:
-            return self._state.flats[position]
+            return position
         labels = self._flat_labels(position, final)
         if labels is None:
             if not final:
@@ -445,9 +507,10 @@ class Xanes2DPipeline:
             if position is None:
                 raise RuntimeError("no complete set of flat frames was measured; cannot correct the frames")
             if position in self._state.flats:
-                return self._state.flats[position]
+                return position
             labels = self._flat_labels(position, True)
-        return self._state.combine_flat(position, [self._take(label) for label in labels])
+        self._state.combine_flat(position, [self._take(label) for label in labels])
+        return position
 
     def _absorbance(self, label: FrameLabel, final: bool):
         """The frame's absorbance once its dark and flat exist (None: not yet)."""
@@ -455,10 +518,10 @@ class Xanes2DPipeline:
             return self._take(label).image
         if self._dark(final) is None:
             return None
-        flat = self._flat(label.energy_index, final)
-        if flat is None:
+        position = self._flat(label.energy_index, final)
+        if position is None:
             return None
-        return self._state.correct(self._take(label), flat)
+        return self._state.correct(self._take(label), self._state.flats[position], position)
 
     def _advance(self, final: bool) -> list:
         steps: list = []
@@ -477,6 +540,12 @@ class Xanes2DPipeline:
         return steps
 
     def _register(self, label: FrameLabel, absorbance: np.ndarray) -> FrameAligned:
+        finite = float(np.isfinite(absorbance).mean())
+        if finite < MIN_FINITE_FRACTION:
+            self.notes.append(
+                f"sample frame {label} ({self.layout.energies_ev[label.energy_index]:g} eV): only {finite:.0%} of "
+                "its pixels have a finite absorbance (non-finite counts, or not above the dark); the maps "
+                "rest on the other energies there")
         if self._aligner is None:
             shift, aligned = (0.0, 0.0), absorbance.astype(np.float32, copy=False)
         else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,15 @@ class PngPreview:
 
     def __init__(self, directory=None, *, name: str = "xanes2d", min_interval_s: float = 2.0):
         self.directory = Path(directory) if directory is not None else None
+        #: Why no PNG is written (None: nothing wrong); the analysis reports it in its notes.
+        self.problem: str | None = None
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # previews are for watching: never a reason to lose the analysis
+                self.problem = f"previews not written: cannot create {self.directory}: {exc}"
+                warnings.warn(self.problem, RuntimeWarning, stacklevel=2)
+                self.directory = None
         self.name = name
         self.min_interval_s = float(min_interval_s)
         self._last = -np.inf

@@ -98,6 +98,7 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         super().__init__()
         self.raw_start = start
         self.preview = preview
+        self._preview_problem: str | None = None
         self.errors: list[str] = []
         self.failed = False
         self.finished = False
@@ -255,6 +256,17 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
             self.preview.update(self.preview_state(final=final), final=final)
         except Exception as exc:  # a preview never fails the analysis
             logger.warning("preview failed: %r", exc)
+            if self.preview_problem is None:
+                self.preview_problem = f"previews not written: {type(exc).__name__}: {exc}"
+
+    @property
+    def preview_problem(self) -> str | None:
+        """Why previews are not written (reported in the status notes); None when they are."""
+        return self._preview_problem or getattr(self.preview, "problem", None)
+
+    @preview_problem.setter
+    def preview_problem(self, value: str | None) -> None:
+        self._preview_problem = value
 
     # ---- the end ------------------------------------------------------------------------
     def _final_maps(self, complete: bool) -> None:
@@ -294,7 +306,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         pipe = self.pipeline
         n_frames, planned = self._counts()
         n_energies = len(pipe.stack) if pipe is not None else 0
-        notes = (pipe.notes if pipe is not None else []) + self.frames.notes
+        notes = (pipe.notes if pipe is not None else []) + self.frames.notes + (
+            [self.preview_problem] if self.preview_problem else [])
         partial = self._partial(raw_stop)
         self.run.flush()
         self.run.describe("status", _STATUS_KEYS)
