@@ -75,6 +75,7 @@ def main(argv=None) -> int:
             results.append(fault_cases.run_case(case, ctx))
             print(f"    {results[-1].verdict}: {results[-1].observed}", flush=True)
     finally:
+        ctx.shutdown()
         if ioc is not None:
             ioc.stop()
         server.close()

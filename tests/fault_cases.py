@@ -127,6 +127,7 @@ class FaultContext:
         self.ioc = ioc
         self._reference = None
         self._cleanups: list[Callable] = []
+        self._shutdowns: list[Callable] = []
         #: Raw documents and frames the current case wrote, and how many of them were found again.
         self.written = 0
         self.found = 0
@@ -139,7 +140,19 @@ class FaultContext:
         return self.tiled.client()
 
     def on_cleanup(self, fn: Callable) -> None:
+        """Run ``fn`` when the current case ends."""
         self._cleanups.append(fn)
+
+    def on_shutdown(self, fn: Callable) -> None:
+        """Run ``fn`` when the suite ends (:meth:`shutdown`): processes the cases share."""
+        self._shutdowns.append(fn)
+
+    def shutdown(self) -> None:
+        while self._shutdowns:
+            try:
+                self._shutdowns.pop()()
+            except Exception:
+                traceback.print_exc()
 
     def cleanup(self) -> None:
         while self._cleanups:
@@ -176,6 +189,7 @@ class Session:
     """One RunEngine with a Tiled writer and the live analysis subscribed, as the profile does."""
 
     def __init__(self, ctx: FaultContext, *, seed: int = 1, config_overrides: dict | None = None,
+                 client=None, frames_dir=None, writer_options: dict | None = None, live: bool = True,
                  **live_options):
         from bluesky import RunEngine
 
@@ -185,14 +199,15 @@ class Session:
         from txm_live.store import subscribe_tiled_writer
 
         self.ctx = ctx
-        self.client = ctx.client()
+        self.client = client if client is not None else ctx.client()
         self.RE = RunEngine({}, call_returns_result=False)
-        self.writer = subscribe_tiled_writer(self.RE, self.client, batch_size=50)
-        self.live = subscribe_live_analysis(self.RE, self.client, writer=self.writer, **live_options)
+        self.writer = subscribe_tiled_writer(self.RE, self.client, **{"batch_size": 50, **(writer_options or {})})
+        self.live = (subscribe_live_analysis(self.RE, self.client, writer=self.writer, **live_options)
+                     if live else None)
         self.docs: list = []
         self.RE.subscribe(lambda name, doc: self.docs.append((name, copy.deepcopy(doc))))
         config = SimConfig(shape=SHAPE, seed=seed, **(config_overrides or {}))
-        self.bl = make_sim_beamline(ctx.frames_dir, config=config)
+        self.bl = make_sim_beamline(frames_dir or ctx.frames_dir, config=config)
 
     def plan(self, **options):
         from txm_live.plans import xanes_2d
@@ -206,10 +221,14 @@ class Session:
     def image_key(self) -> str:
         return self.bl.detector.image_key
 
-    def settle(self) -> None:
-        assert self.live.wait(SETTLE_S), "the live analysis did not finish in time"
-        assert self.writer.flush(SETTLE_S), "the Tiled writer did not finish in time"
-        assert self.writer.failures == [], f"Tiled writer failures: {self.writer.failures}"
+    def settle(self, *, outage: bool = False) -> None:
+        """Wait for the analysis and the writer; without an ``outage`` the writer must not have failed."""
+        if self.live is not None:
+            assert self.live.wait(SETTLE_S), "the live analysis did not finish in time"
+        delivered = getattr(self.writer, "wait_delivered", self.writer.flush)  # spooling writers deliver later
+        assert delivered(SETTLE_S), f"the Tiled writer did not deliver in time: {self.writer.failures[-3:]}"
+        if not outage:
+            assert self.writer.failures == [], f"Tiled writer failures: {self.writer.failures}"
 
     def docs_of(self, uid: str) -> list:
         out, inside = [], False
@@ -223,7 +242,8 @@ class Session:
         return out
 
     def close(self) -> None:
-        self.live.close(self.RE)
+        if self.live is not None:
+            self.live.close(self.RE)
 
     # ---- what the checks look at -------------------------------------------------------
     def raw_survived(self, uid: str) -> tuple[int, int]:
@@ -381,7 +401,7 @@ def run_end_cases() -> list[Case]:
 # ---------------------------------------------------------------------------- all cases
 def all_cases() -> list[Case]:
     """Every case, in the order the suite runs them."""
-    return [*run_end_cases(), *bad_input_cases(), *epics_cases()]
+    return [*run_end_cases(), *bad_input_cases(), *epics_cases(), *storage_cases()]
 
 
 # ---------------------------------------------------------------------- bad-input cases
@@ -621,7 +641,7 @@ def check_unusable_preview_folder(ctx: FaultContext) -> Outcome:
     assert stop["exit_status"] == "success", f"analysis closed {stop['exit_status']!r}: {stop['reason']}"
     assert session.live.failures == [], f"failures: {session.live.failures}"
     notes = str(status["notes"])
-    assert "previews not written" in notes and str(blocker) in notes, f"notes: {notes!r}"
+    assert "previews" in notes and str(blocker) in notes, f"notes: {notes!r}"
     mask = _final_mask(session, uid)
     assert mask.sum() > 0.3 * mask.size, f"maps missing: mask holds {int(mask.sum())} px"
     return Outcome(f"raw and analysis success, maps in Tiled; notes: {notes}")
@@ -992,11 +1012,192 @@ def epics_cases() -> list[Case]:
     return [
         Case("a PV that never connects", "EPICS",
              f"ConnectionError naming the PVs, within {PV_TIMEOUT_S:g} s (+3 s) of the timeout asked for",
-             check_pv_never_connects, needs=("ioc",)),
+             check_pv_never_connects),
         Case("IOC killed mid-scan", "EPICS",
              "RunEngine fails with an error naming an unreachable PV; raw run closed 'fail' with every event "
              "and frame written so far in Tiled; analysis closed 'fail'", check_ioc_killed_mid_scan, needs=("ioc",)),
         Case("IOC restarted", "EPICS",
              "devices reconnect; a scan refused by ophyd's 'unstage again' message, or none; after unstage() the "
              "next scan and its analysis succeed", check_ioc_restarted, needs=("ioc",)),
+    ]
+
+
+# ------------------------------------------------------ storage and the analysis service
+#: How long Tiled stays down in the outage case, s.
+OUTAGE_S = 5.0
+
+
+def _reliability_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("txm_live.store_process") is not None
+
+
+class _QuickClientRetries:
+    """Tiled's client retries a failed request for 20-45 s: two quick tries make the outage reach
+    the writer's spool, the path under test (tiled reads these when a request fails)."""
+
+    def __enter__(self):
+        import tiled.client.utils as utils
+
+        self._saved = utils.TILED_RETRY_ATTEMPTS, utils.TILED_RETRY_TIMEOUT
+        utils.TILED_RETRY_ATTEMPTS, utils.TILED_RETRY_TIMEOUT = 2, 2.0
+        return self
+
+    def __exit__(self, *exc):
+        import tiled.client.utils as utils
+
+        utils.TILED_RETRY_ATTEMPTS, utils.TILED_RETRY_TIMEOUT = self._saved
+
+
+def _tiled_process(ctx: FaultContext):
+    """A ``txm-live serve`` subprocess for the cases that kill Tiled (started once, restarted as needed)."""
+    from txm_live.store_process import TiledServerProcess
+
+    server = getattr(ctx, "tiled_process", None)
+    if server is None:
+        server = ctx.tiled_process = TiledServerProcess(ctx.work_dir / "served", create=True).start()
+        ctx.on_shutdown(server.stop)
+    if not server.alive:
+        server.start()
+    return server
+
+
+def _seq_nums(run, stream: str) -> list[int]:
+    return sorted(int(s) for s in run[stream].base["internal"].read(columns=["seq_num"])["seq_num"])
+
+
+def check_tiled_killed_and_restarted(ctx: FaultContext) -> Outcome:
+    server = _tiled_process(ctx)
+    with _QuickClientRetries():
+        session = Session(ctx, client=server.client(), frames_dir=server.frames / "outage",
+                          writer_options={"spool_directory": ctx.work_dir / "spool", "retry_interval_s": 1.0})
+        log = {}
+
+        def kill_at_third_energy(name, doc):  # on the RunEngine's thread: the scan is surely running
+            if doc["seq_num"] != 3 or "killed" in log:
+                return
+            assert session.writer.flush(60)
+            server.kill()
+            log["killed"] = time.monotonic()
+            threading.Timer(OUTAGE_S, lambda: (server.start(), log.setdefault("restarted", time.monotonic()))).start()
+
+        session.RE.subscribe(kill_at_third_energy, "event")
+        (uid,) = session.RE(session.plan())
+        scan_done = time.monotonic()
+        session.settle(outage=True)
+    assert "restarted" in log, "Tiled was not restarted"
+    assert scan_done > log["killed"], "the scan ended before the outage"
+    client = server.client()
+    session.client = client
+    run = client[uid]
+    assert run.metadata["stop"]["exit_status"] == "success", "raw run not complete in Tiled"
+    emitted = Counter(doc["descriptor"] for name, doc in session.docs_of(uid) if name == "event")
+    streams = {doc["uid"]: doc["name"] for name, doc in session.docs_of(uid) if name == "descriptor"}
+    for descriptor, n in emitted.items():
+        seq = _seq_nums(run, streams[descriptor])
+        assert seq == list(range(1, n + 1)), f"{streams[descriptor]}: stored seq_nums {seq} for {n} events"
+    session.raw_survived(uid)
+    stop, status = session.analysis_of(uid)
+    assert stop["exit_status"] == "success", f"analysis run closed {stop['exit_status']!r}: {stop['reason']}"
+    spooled = sum("spool" in f for f in session.writer.failures)
+    return Outcome(f"Tiled down {log['restarted'] - log['killed']:.1f} s mid-scan; raw run complete, each event "
+                   f"once; analysis run success; {spooled} writer messages about the spool")
+
+
+def _remote(ctx: FaultContext):
+    from txm_live.store_process import AnalysisServiceProcess, ProxyProcess
+
+    remote = getattr(ctx, "remote", None)
+    if remote is None:
+        logs = ctx.work_dir / "remote"
+        logs.mkdir(parents=True, exist_ok=True)
+        proxy = ProxyProcess(log_path=logs / "proxy.log").start()
+        service = AnalysisServiceProcess(proxy.out_address, ctx.tiled.uri, log_path=logs / "service.log",
+                                         options=["--spool", logs / "spool"]).start()
+        remote = ctx.remote = {"proxy": proxy, "service": service}
+        ctx.on_shutdown(service.stop)
+        ctx.on_shutdown(proxy.stop)
+    return remote["proxy"], remote["service"]
+
+
+def _wait_for_analysis_runs(client, uid: str, *, timeout_s: float = SETTLE_S) -> dict:
+    from txm_live.replay import find_analysis_runs
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = find_analysis_runs(client, uid)
+        if runs and all("stop" in run.metadata for run in runs.values()):
+            return runs
+        time.sleep(0.5)
+    raise AssertionError(f"no closed analysis run of {uid[:8]} within {timeout_s:g} s")
+
+
+def _published_session(ctx: FaultContext, proxy, *, seed: int) -> Session:
+    from txm_live.remote import DocumentPublisher
+
+    session = Session(ctx, seed=seed, live=False)
+    publisher = DocumentPublisher(proxy.in_address)
+    assert publisher.wait_for_subscriber(60), "the analysis service did not subscribe"
+    session.RE.subscribe(publisher)
+    ctx.on_cleanup(publisher.close)
+    return session
+
+
+def check_analysis_service_killed_and_restarted(ctx: FaultContext) -> Outcome:
+    import subprocess
+    import sys
+
+    proxy, service = _remote(ctx)
+    if not service.alive:
+        service.start()
+    session = _published_session(ctx, proxy, seed=5)
+    client = session.client
+    started: list = []
+    session.RE.subscribe(lambda name, doc: started.append(doc["uid"]), "start")
+
+    def kill_service():  # once the service has begun this run's analysis run: it is half written
+        from txm_live.replay import find_analysis_runs
+
+        deadline = time.monotonic() + 60
+        while not find_analysis_runs(client, started[0]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        service.kill()
+
+    _at_sample_frame(session, INTERRUPT_AT, kill_service)
+    (uid_a,) = session.RE(session.plan())
+    session.settle()
+    session.raw_survived(uid_a)
+    assert not service.alive, "the service was not killed"
+    service.start()  # adopts its orphaned spool: the half analysis run is closed
+    later = _published_session(ctx, proxy, seed=6)
+    (uid_b,) = later.RE(later.plan())
+    later.settle()
+    later.raw_survived(uid_b)
+    (run_b,) = _wait_for_analysis_runs(client, uid_b).values()
+    assert run_b.metadata["stop"]["exit_status"] == "success", f"next run's analysis: {run_b.metadata['stop']}"
+    (half,) = _wait_for_analysis_runs(client, uid_a).values()
+    half_stop = half.metadata["stop"]
+    assert half_stop["exit_status"] == "abort", f"half analysis run closed {half_stop['exit_status']!r}"
+    replayed = subprocess.run([sys.executable, "-m", "txm_live.cli", "replay", uid_a, "--tiled", ctx.tiled.uri,
+                               "--no-progress"], capture_output=True, text=True, timeout=SETTLE_S)
+    assert replayed.returncode == 0, f"replay failed: {replayed.stderr[-300:]}"
+    runs = _wait_for_analysis_runs(client, uid_a)
+    full = [r for r in runs.values() if r.metadata["start"].get("replay")]
+    assert len(full) == 1 and full[0].metadata["stop"]["exit_status"] == "success", "replay's analysis run"
+    return Outcome(f"half analysis run closed 'abort' ({half_stop['reason'][:90]}); next run analysed 'success'; "
+                   "`txm-live replay UID` gives the missed run's analysis 'success'")
+
+
+def storage_cases() -> list[Case]:
+    if not _reliability_available():
+        return []
+    return [
+        Case("Tiled killed and restarted mid-scan", "storage",
+             f"scan goes on; Tiled back after {OUTAGE_S:g} s: raw run complete in Tiled, each event once; its "
+             "analysis run closed 'success'", check_tiled_killed_and_restarted, needs=("reliability",)),
+        Case("serve-analysis killed and restarted", "storage",
+             "scan success, raw run complete; the half analysis run closed 'abort' after the restart; next run "
+             "analysed 'success'; `txm-live replay` gives the missed analysis", check_analysis_service_killed_and_restarted,
+             needs=("reliability",)),
     ]

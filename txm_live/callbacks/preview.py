@@ -84,6 +84,9 @@ class PngPreview:
     ``frame``, ``energy_ev``, ``spectrum_e``, ``spectrum``, ``drift``, ``whiteline``,
     ``final``). The latest state (:attr:`state`) is what a GUI polls.
 
+    A preview never fails the analysis: a folder that cannot be created or written is
+    reported once (a warning, and :attr:`error`) and previews stay in memory only.
+
     Parameters
     ----------
     directory : path, optional
@@ -96,21 +99,24 @@ class PngPreview:
 
     def __init__(self, directory=None, *, name: str = "xanes2d", min_interval_s: float = 2.0):
         self.directory = Path(directory) if directory is not None else None
-        #: Why no PNG is written (None: nothing wrong); the analysis reports it in its notes.
-        self.problem: str | None = None
+        self.error: str | None = None
         if self.directory is not None:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # previews are for watching: never a reason to lose the analysis
-                self.problem = f"previews not written: cannot create {self.directory}: {exc}"
-                warnings.warn(self.problem, RuntimeWarning, stacklevel=2)
-                self.directory = None
+            except OSError as exc:
+                self._disable(exc)
         self.name = name
         self.min_interval_s = float(min_interval_s)
         self._last = -np.inf
         self.state: dict = {}
         self.paths: list[Path] = []
         self._lock = threading.Lock()
+
+    def _disable(self, exc: OSError) -> None:
+        self.error = f"previews cannot be written to {self.directory}: {exc}; they are kept in memory only"
+        logger.warning(self.error)
+        warnings.warn(self.error, RuntimeWarning, stacklevel=3)
+        self.directory = None
 
     def update(self, state: dict, *, final: bool = False) -> None:
         now = time.monotonic()
@@ -120,7 +126,11 @@ class PngPreview:
             return
         self._last = now
         path = self.directory / f"{self.name}.png"
-        _render(state, path)
+        try:
+            _render(state, path)
+        except OSError as exc:
+            self._disable(exc)
+            return
         if path not in self.paths:
             self.paths.append(path)
 

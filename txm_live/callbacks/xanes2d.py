@@ -262,7 +262,7 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
     @property
     def preview_problem(self) -> str | None:
         """Why previews are not written (reported in the status notes); None when they are."""
-        return self._preview_problem or getattr(self.preview, "problem", None)
+        return self._preview_problem or getattr(self.preview, "error", None)
 
     @preview_problem.setter
     def preview_problem(self, value: str | None) -> None:
