@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if any("ioc" in c.needs for c in cases):
         ioc = IOCProcess(size=fault_cases.SHAPE[0], seed=1, time_scale=0.005, ports=ports,
                          log_path=work / "ioc.log").start()
-    ctx = fault_cases.FaultContext(server, work / "scratch", ioc=ioc)
+    ctx = fault_cases.FaultContext(server, work / "scratch", ioc=ioc, timed=True)
     t0 = time.monotonic()
     results = []
     try:

@@ -38,7 +38,7 @@ N_DARKS = 2
 #: Sample frame (1-based) at which interruptions are injected.
 INTERRUPT_AT = 4
 #: How long the live analysis and the writer get to finish a run, s.
-SETTLE_S = 120.0
+SETTLE_S = 300.0
 
 
 def scan_energies():
@@ -117,14 +117,17 @@ class FaultContext:
     ioc : simulators.ioc.IOCProcess, optional
         The simulated TXM IOC on this process's Channel Access ports; cases that kill it
         start it again before they return.
+    timed : bool
+        Also assert how long things take (the suite's script; tests assert behaviour only).
     """
 
-    def __init__(self, tiled_server, work_dir, *, ioc=None):
+    def __init__(self, tiled_server, work_dir, *, ioc=None, timed: bool = False):
         self.tiled = tiled_server
         self.frames_dir = Path(tiled_server.frames_dir)
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.ioc = ioc
+        self.timed = bool(timed)
         self._reference = None
         self._cleanups: list[Callable] = []
         self._shutdowns: list[Callable] = []
@@ -373,6 +376,32 @@ def _run_end_case(*, interrupt: str, then: str | None, raw_status: str, complete
     return check
 
 
+def check_count_paused_then_aborted(ctx: FaultContext) -> Outcome:
+    """bluesky's ``count`` of the camera (no live analysis for it): paused mid-way, then aborted."""
+    from bluesky import plans as bp
+    from bluesky.utils import RunEngineInterrupted
+
+    session = Session(ctx)
+    detector = session.bl.detector
+    restore = _at_sample_frame(session, 3, lambda: session.RE.request_pause(defer=False))
+    try:
+        session.RE(bp.count([detector], num=6))
+    except RunEngineInterrupted:
+        pass
+    assert session.RE.state == "paused", f"RunEngine {session.RE.state!r} after the pause request"
+    session.RE.abort("aborted by the fault suite")
+    restore()
+    (uid,) = [doc["uid"] for name, doc in session.docs if name == "start"]
+    session.settle()
+    raw_stop = session.client[uid].metadata["stop"]
+    assert raw_stop["exit_status"] == "abort", f"raw run closed {raw_stop['exit_status']!r}"
+    session.raw_survived(uid)
+    assert uid not in session.live.analysis_uids, "a count got a XANES analysis"
+    session.normal_scan_succeeds()
+    return Outcome("raw 'abort' with every event in Tiled, no analysis run (not a XANES scan); next xanes_2d "
+                   "scan success")
+
+
 def run_end_cases() -> list[Case]:
     rows = [
         ("RE.stop() mid-scan", "stop", None, "success", False),
@@ -395,6 +424,9 @@ def run_end_cases() -> list[Case]:
         cases.append(Case(f"xanes_2d: {name}", "run end", expected,
                           _run_end_case(interrupt=interrupt, then=then, raw_status=raw_status,
                                         complete=complete)))
+    cases.append(Case("count: pause, then abort", "run end",
+                      "raw run 'abort' with every event in Tiled; no analysis run (not a XANES scan); the next "
+                      "xanes_2d scan succeeds", check_count_paused_then_aborted))
     return cases
 
 
@@ -933,10 +965,14 @@ def check_pv_never_connects(ctx: FaultContext) -> Outcome:
         raise AssertionError("connected to PVs no IOC serves")
     waited = time.monotonic() - t0
     assert "NO-SUCH-IOC:" in message and "did not connect" in message, f"message: {message!r}"
-    assert waited < PV_TIMEOUT_S + 3.0, f"took {waited:.1f} s for a {PV_TIMEOUT_S} s timeout"
+    if ctx.timed:  # timing is checked by the suite's script only (tests assert behaviour)
+        assert waited < PV_TIMEOUT_S + 3.0, f"took {waited:.1f} s for a {PV_TIMEOUT_S} s timeout"
     return Outcome(f"ConnectionError after {waited:.1f} s: {message[:160]}")
 
 
+#: How long the EPICS devices may take to reconnect to a restarted IOC, s (pyepics searches
+#: again with back-off: 49 s measured here on a loaded machine).
+RECONNECT_TIMEOUT_S = 180.0
 #: Connection timeout of the PV-never-connects case, s.
 PV_TIMEOUT_S = 2.0
 
@@ -991,7 +1027,7 @@ def check_ioc_restarted(ctx: FaultContext) -> Outcome:
     t0 = time.monotonic()
     if not ctx.ioc.running:
         ctx.ioc.start()
-    connect_epics_txm(session.devices, timeout_s=60.0)
+    connect_epics_txm(session.devices, timeout_s=RECONNECT_TIMEOUT_S)
     reconnected = time.monotonic() - t0
     try:  # the RunEngine's unstage at the failure met a dead IOC: ophyd refuses to stage again
         session.RE(session.plan())
