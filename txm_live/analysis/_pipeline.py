@@ -566,7 +566,9 @@ class Xanes2DPipeline:
         self._n_stack += 1
         if self.sample_mask is None:
             self.sample_mask = sample_mask(image)
-        value = float(np.nanmean(image[self.sample_mask])) if self.sample_mask.any() else float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a frame with no finite pixel: noted in _register
+            value = float(np.nanmean(image[self.sample_mask])) if self.sample_mask.any() else float("nan")
         self.mean_spectrum.append(value)
         steps: list = [EnergyCompleted(energy_index, float(self.layout.energies_ev[energy_index]), value,
                                        self._n_stack)]
