@@ -10,8 +10,8 @@ interruption can land in a frame:
 * ``after save``: just after the event was saved, before the next checkpoint — the
   RunEngine re-takes a frame it already saved, under the same ``seq_num``: Tiled holds
   both rows, and the analysis must keep the later;
-* a suspender (``SuspendBoolHigh`` on a soft "beam lost" signal set from a thread during an
-  exposure) that trips and clears.
+* a suspender (``SuspendBoolHigh`` on a soft "beam lost" signal set during an exposure and
+  cleared from a thread 0.3 s later) that trips and clears.
 
 Each interruption is injected from inside a device call, so it lands at that point.
 Every check uses the simulator's per-frame truth (the energy each file row was really
@@ -80,8 +80,12 @@ class Scan:
         return self.client[self.uid]
 
 
-def _interrupt_at(scan: Scan, obj, method: str, action):
-    """Call ``action(scan)`` from a thread when ``obj.method`` serves sample frame PAUSE_AT[i]."""
+def _interrupt_at(scan: Scan, obj, method: str, action, *, in_thread=True):
+    """Call ``action(scan)`` when ``obj.method`` serves sample frame PAUSE_AT[i].
+
+    From a thread (``request_pause`` waits for the RunEngine's loop, which is busy inside
+    this call) or, with ``in_thread=False``, inside the call itself.
+    """
     original = getattr(obj, method)
     seen = {"n": 0}
 
@@ -89,7 +93,9 @@ def _interrupt_at(scan: Scan, obj, method: str, action):
         out = original(*args, **kwargs)
         if scan.bl.detector.frame_type.get() == "sample":
             seen["n"] += 1
-            if seen["n"] in PAUSE_AT:
+            if seen["n"] in PAUSE_AT and not in_thread:
+                action(scan)
+            elif seen["n"] in PAUSE_AT:
                 threading.Thread(target=action, args=(scan,)).start()
                 time.sleep(0.05)  # the request reaches the RunEngine's loop before this call returns
         return out
@@ -119,13 +125,20 @@ def beam_lost(scan):
     scan.RE.install_suspender(SuspendBoolHigh(beam_lost, sleep=0.1))
     scan.suspended = []
 
-    def lose_beam(scan):
-        scan.suspended.append(time.monotonic())
-        beam_lost.put(1)
+    def restore_beam():
         time.sleep(0.3)
         beam_lost.put(0)
 
-    _interrupt_at(scan, scan.bl.detector, "trigger", lose_beam)
+    def lose_beam(scan):
+        # the beam is lost in the RunEngine's own thread: from another thread bluesky's
+        # suspender gives the loop 0.1 s to make its event and raises "Could not create the
+        # suspender event" when the loop is busier than that (it is, inside a device call,
+        # on a loaded machine); the beam returns from a thread
+        scan.suspended.append(time.monotonic())
+        beam_lost.put(1)
+        threading.Thread(target=restore_beam).start()
+
+    _interrupt_at(scan, scan.bl.detector, "trigger", lose_beam, in_thread=False)
 
 
 @pytest.fixture(scope="module")
