@@ -29,14 +29,17 @@ def _print_table(results) -> None:
         print(f"\n[{r.verdict}] {r.case.group} / {r.case.name}   ({r.seconds:.1f} s, lost {r.lost})")
         print(textwrap.fill(f"expected: {r.case.expected}", 110, initial_indent="    ", subsequent_indent=" " * 14))
         print(textwrap.fill(f"observed: {r.observed}", 110, initial_indent="    ", subsequent_indent=" " * 14))
+        if r.case.fixed:
+            print(textwrap.fill(f"fixed here: {r.case.fixed}", 110, initial_indent="    ",
+                                subsequent_indent=" " * 16))
         if r.case.known_failure:
             print(textwrap.fill(f"known failure: {r.case.known_failure}", 110, initial_indent="    ",
                                 subsequent_indent=" " * 19))
     print("\n" + "-" * 100)
-    print(f"{'case':<{width}} {'group':<11} {'verdict':<14} {'written':>8} {'found':>6} {'lost':>5} {'s':>6}")
+    print(f"{'case':<{width}} {'group':<11} {'verdict':<14} {'written':>8} {'found':>6} {'lost':>5} {'s':>6}  fixed")
     for r in results:
         print(f"{r.case.name[:width]:<{width}} {r.case.group:<11} {r.verdict:<14} {r.written:>8} {r.found:>6} "
-              f"{r.lost:>5} {r.seconds:>6.1f}")
+              f"{r.lost:>5} {r.seconds:>6.1f}  {'yes' if r.case.fixed else ''}")
 
 
 def main(argv=None) -> int:
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
     passed = sum(r.passed for r in results)
     known = sum(bool(r.case.known_failure) and not r.passed for r in results)
     lost = sum(r.lost for r in results)
-    print(f"\ncases tried: {len(results)}   cases passed: {passed}   known failures: {known}   "
+    print(f"\ncases whose defect was fixed on this branch: {sum(bool(r.case.fixed) for r in results)}")
+    print(f"cases tried: {len(results)}   cases passed: {passed}   known failures: {known}   "
           f"other failures: {len(results) - passed - known}   documents lost: {lost}   "
           f"({time.monotonic() - t0:.0f} s)")
     return 0 if passed == len(results) else 1

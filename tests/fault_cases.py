@@ -65,6 +65,7 @@ class Case:
     check: Callable[["FaultContext"], Outcome]
     known_failure: str | None = None
     needs: tuple[str, ...] = ()       # 'ioc', 'reliability'
+    fixed: str | None = None          # the defect this case found, fixed on the faults branch
 
 
 @dataclass
@@ -170,6 +171,7 @@ class FaultContext:
             session = Session(self)
             (uid,) = session.RE(session.plan())
             session.settle()
+            session.raw_survived(uid)  # counted with the first case that uses it
             self._reference = RecordedRun(uid, session.docs_of(uid), session)
             session.close()
         return self._reference
@@ -402,6 +404,10 @@ def check_count_paused_then_aborted(ctx: FaultContext) -> Outcome:
                    "scan success")
 
 
+STOPPED_FIX = ("a stopped scan (raw 'success', 3 of 12 energies) had its analysis run closed 'fail' with a "
+               "fit error; now a partial result closed 'success'")
+
+
 def run_end_cases() -> list[Case]:
     rows = [
         ("RE.stop() mid-scan", "stop", None, "success", False),
@@ -421,9 +427,10 @@ def run_end_cases() -> list[Case]:
         result = "all frames analysed" if complete else "partial result"
         expected = (f"raw run '{raw_status}', every event in Tiled with its frame; analysis run closed "
                     f"'{raw_status}' ({result}); next scan succeeds")
+        fixed = STOPPED_FIX if "stop" in (interrupt, then) else None
         cases.append(Case(f"xanes_2d: {name}", "run end", expected,
                           _run_end_case(interrupt=interrupt, then=then, raw_status=raw_status,
-                                        complete=complete)))
+                                        complete=complete), fixed=fixed))
     cases.append(Case("count: pause, then abort", "run end",
                       "raw run 'abort' with every event in Tiled; no analysis run (not a XANES scan); the next "
                       "xanes_2d scan succeeds", check_count_paused_then_aborted))
@@ -848,6 +855,11 @@ def check_shift_beyond_search_range(ctx: FaultContext) -> Outcome:
 JUMP_FRACTION_OF_FIELD = 0.6
 
 
+WHOLE_FRAME_FIX = "a frame with no finite pixel changed the maps silently; now noted, naming the frame"
+SATURATION_FIX = ("saturated regions gave finite, wrong absorbance with no word; now NaN (masked) and noted "
+                  "(isolated hot pixels are still zinger-cleaned)")
+
+
 def bad_input_cases() -> list[Case]:
     analysis_says = "a clear message naming the problem"
     return [
@@ -859,22 +871,24 @@ def bad_input_cases() -> list[Case]:
              _bad_frame(float("inf"), whole=False)),
         Case("a frame all NaN", "bad input",
              "maps from the other energies; the notes name the frame and that none of it was finite",
-             _bad_frame(float("nan"), whole=True)),
+             _bad_frame(float("nan"), whole=True), fixed=WHOLE_FRAME_FIX),
         Case("a frame all inf", "bad input",
              "maps from the other energies; the notes name the frame and that none of it was finite",
-             _bad_frame(float("inf"), whole=True)),
+             _bad_frame(float("inf"), whole=True), fixed=WHOLE_FRAME_FIX),
         Case("saturated flats (live)", "bad input",
              "scan success; analysis success with the saturated band masked and a note saying so; next scan succeeds",
-             check_saturated_flats),
+             check_saturated_flats, fixed=SATURATION_FIX),
         Case("saturated sample frames (live)", "bad input",
              "scan success; analysis success with the saturated band masked and a note saying so; next scan succeeds",
-             check_saturated_sample_frames),
+             check_saturated_sample_frames, fixed=SATURATION_FIX),
         Case("1 % dead pixels (live)", "bad input",
              "scan and analysis success; dead pixels masked or filled from neighbours (never worse than 99 % of "
              "the other pixels against the truth)", check_dead_pixels),
         Case("shutter never opens (live)", "bad input",
              f"scan success; analysis closed 'fail' with {analysis_says} (flat no brighter than dark); "
-             "next scan succeeds", check_shutter_never_opens),
+             "next scan succeeds", check_shutter_never_opens,
+             fixed="all-dark frames gave maps of noise closed 'success'; now a flat no brighter than the dark "
+                   "fails the analysis with a message naming the cause"),
         Case("non-monotonic energies (live)", "bad input",
              "scan and analysis success; whiteline RMS vs truth within 1.5x of the same scan in order",
              check_non_monotonic_energies),
@@ -892,7 +906,8 @@ def bad_input_cases() -> list[Case]:
         Case("run without flats", "bad input", f"analysis closed 'fail' with {analysis_says} (no flats)",
              check_no_flats),
         Case("run without darks", "bad input",
-             "analysis success, and its notes say the darks are missing and what was assumed", check_no_darks),
+             "analysis success, and its notes say the darks are missing and what was assumed", check_no_darks,
+             fixed="missing darks were replaced by 0 counts silently; now noted"),
         Case("detector file missing", "bad input",
              f"analysis closed 'fail' with {analysis_says}, naming the file", check_file_missing),
         Case("detector file truncated", "bad input",
@@ -910,7 +925,9 @@ def bad_input_cases() -> list[Case]:
              "scan and analysis success; the failures are recorded; next scan succeeds", check_broken_sink),
         Case("preview folder unusable", "analysis",
              "scan and analysis success, maps in Tiled; the notes say why previews are not written",
-             check_unusable_preview_folder),
+             check_unusable_preview_folder,
+             fixed="an unusable preview folder lost the analysis run (fixed in preview.py as on the reliability "
+                   "branch); the analysis run's notes now say why previews are missing"),
     ]
 
 
