@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test shell bench clean
+.PHONY: demo test shell bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/txm-live demo --output demo-output
 
+# The viewer tests drive Debian's Chromium (Playwright cannot download a browser here).
+# As root (CI: .ci/run) it is installed and checked; any failure stops make. Otherwise a
+# clear message; `make test` still runs everything, and the viewer tests fail naming this.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make browser: Chromium is missing; as root run 'make browser' (or 'apt-get install -y chromium')" >&2; exit 1; fi; \
+	  echo "make browser: installing Debian's chromium (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	    || { echo "make browser: apt-get could not install chromium" >&2; exit 1; }; \
+	fi; \
+	chromium --headless --no-sandbox --disable-gpu --version \
+	  || { echo "make browser: chromium is installed but does not start" >&2; exit 1; }
+
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory browser
 	MPLBACKEND=Agg $(BIN)/python -m pytest
 
 # The IPython profile on the simulated beamline (embedded Tiled, live analysis). Data go
@@ -33,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache test-output

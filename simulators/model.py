@@ -357,6 +357,20 @@ class SimTXM:
                 self.set_sample(sample)
 
     # ------------------------------------------------------------------ projections
+    def keep_projections(self, n_entries: int) -> None:
+        """Keep up to ``n_entries`` (angle, magnification) projections cached (default 3).
+
+        A 3D XANES scan repeats the same angles at every energy: with one entry per angle
+        each phantom projection is computed once for the whole scan (about 1 MB per angle
+        at 128², sparse), not once per energy.
+        """
+        n = int(n_entries)
+        if n < 1:
+            raise ValueError(f"n_entries must be >= 1; got {n_entries!r}")
+        self._proj_cache_size = n
+        while len(self._proj_cache) > n:
+            self._proj_cache.popitem(last=False)
+
     def _projection(self, theta_rad: float, rel_mag: float, centre_px, need_px: int) -> dict:
         """Cached sparse per-valence projection covering the window around ``centre_px``.
 

@@ -164,5 +164,5 @@ def test_analyze_on_a_fly_scan_says_reconstruction_is_not_available(tmp_path, ca
                             simulate_fly_scan(sim, np.linspace(0.0, 180.0, 7), energy_ev=8350.0, n_flats=2,
                                               n_darks=2), scan_id=10)
     assert run_analyze(_cli(str(tmp_path), "--no-progress")) == 3
-    assert ("holds a 3D XANES scan of 2 fly scans (8350.0–8400.0 eV); reconstruction is not available"
-            in capsys.readouterr().err)
+    assert (f"holds a 3D XANES scan of 2 fly scans (8350.0–8400.0 eV); `analyze` fits 2D XANES files: "
+            f"run `txm-live analyze3d {tmp_path}`" in capsys.readouterr().err)

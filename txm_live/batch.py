@@ -268,8 +268,8 @@ def _refuse_xanes3d_folder(folder: Path) -> int:
         print(f"txm-live analyze: {folder} is a folder, not an FXI 3D XANES scan: {exc}", file=sys.stderr)
         return 2
     print(f"txm-live analyze: {folder} holds a 3D XANES scan of {len(series)} fly scans "
-          f"({series.energies_ev.min():.1f}–{series.energies_ev.max():.1f} eV); reconstruction is not "
-          f"available in this version of txm-live yet. It opens with txm_live.io.open_fxi_xanes3d",
+          f"({series.energies_ev.min():.1f}–{series.energies_ev.max():.1f} eV); `analyze` fits 2D XANES "
+          f"files: run `txm-live analyze3d {folder}` (reconstruction, registration, per-voxel fit)",
           file=sys.stderr)
     return 3
 

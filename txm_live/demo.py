@@ -55,6 +55,7 @@ def _start(out: Path) -> _Session:
 
     server = EmbeddedTiled(out / "tiled", readable_storage=[out / "frames"])
     print(f"  Tiled server at {server.uri.split('?')[0]} (catalog {out / 'tiled'})")
+    print(f"  watch it in a browser: txm-live view --tiled {out / 'tiled'}  → http://127.0.0.1:5006/")
     RE = RunEngine({})
     writer = subscribe_tiled_writer(RE, server.client(), backup_directory=out / "tiled-backup")
     # One writer for raw and analysis documents: two writers appending to the embedded

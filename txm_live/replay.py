@@ -78,7 +78,7 @@ def documents_with_row_seq_nums(run):
 
 
 def replay(uid: str, client, *, results_client=None, progress: bool = True, timeout: float | None = 600.0,
-           preview_dir=None, sinks=(), **options) -> list[str]:
+           preview_dir=None, sinks=(), path_map=(), **options) -> list[str]:
     """Feed the stored run ``uid`` through the live analysis; return the new analysis uids.
 
     Parameters
@@ -93,6 +93,9 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
         tqdm progress bar over the documents (on stderr).
     timeout : float or None
         Seconds to wait for the analysis and the writes to finish.
+    path_map : sequence of (old_root, new_root)
+        Detector files moved: references under ``old_root`` are read from ``new_root``
+        (:class:`txm_live.store_remap.PathRemap`; the stored run is not changed).
     preview_dir, sinks, **options
         As for :class:`txm_live.callbacks.LiveAnalysis`.
 
@@ -106,7 +109,9 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
     from tqdm.auto import tqdm
 
     from txm_live.callbacks import LiveAnalysis
+    from txm_live.store_remap import PathRemap
 
+    remap = PathRemap(path_map)
     run = client[uid]
     target = client if results_client is None else (results_client or None)
     handle = LiveAnalysis(target, preview_dir=preview_dir, sinks=sinks, replay=True, **options)
@@ -114,7 +119,7 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
         with tqdm(total=_expected_documents(run), unit="doc", desc=f"replay {uid[:8]}",
                   disable=not progress, file=sys.stderr) as bar:
             for name, doc in documents_with_row_seq_nums(run):
-                handle(name, doc)
+                handle(*remap(name, doc))
                 bar.update(1)
         if not handle.wait(timeout):
             raise TimeoutError(f"the analysis of run {uid} did not finish within {timeout} s")
@@ -122,6 +127,9 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
         handle.close()
     if handle.failures:
         logger.error("replay of %s: %s", uid, "; ".join(handle.failures))
+    if remap.missing:
+        logger.error("replay of %s: %d detector file(s) not found, e.g. %s%s", uid, len(remap.missing),
+                     remap.missing[0], "" if path_map else "; if the files moved, give --remap OLD_ROOT=NEW_ROOT")
     return list(handle.analysis_uids.get(uid, []))
 
 
@@ -142,16 +150,25 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--previews", default=None, help="folder for PNG previews (default: none)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the analysis")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--remap", action="append", default=[], metavar="OLD_ROOT=NEW_ROOT",
+                        help="detector files moved: read files under OLD_ROOT from NEW_ROOT (absolute folders; "
+                             "repeatable)")
 
 
 def run_replay(args) -> int:
     """CLI entry: replay ``args.uid``; print the analysis run(s); 0 if every analysis succeeded."""
     from txm_live.store import connect
+    from txm_live.store_remap import parse_remap
 
+    try:
+        path_map = parse_remap(args.remap)
+    except ValueError as exc:
+        print(f"txm-live replay: {exc}", file=sys.stderr)
+        return 2
     client = connect(args.tiled)
     try:
         uids = replay(args.uid, client, progress=not args.no_progress, timeout=args.timeout,
-                      preview_dir=args.previews)
+                      preview_dir=args.previews, path_map=path_map)
     except KeyError:
         print(f"no run {args.uid!r} in {args.tiled}", file=sys.stderr)
         return 2

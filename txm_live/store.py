@@ -5,7 +5,12 @@ At a facility txm-live points at the facility's Tiled URL; on a laptop or in tes
 background thread, reachable over HTTP so a second process (another IPython, a replay, an
 analysis worker) can read the runs. Raw frames stay in the detector's HDF5 files; Tiled
 registers them as external data, so the server is given the frame folder as readable
-storage.
+storage. The embedded server listens on 127.0.0.1 only and requires an API key.
+
+Writing goes through :class:`SafeTiledWriter` (:mod:`txm_live.store_writer`), which
+spools every document locally (:mod:`txm_live.spool`) and delivers each run exactly once
+(:mod:`txm_live.store_delivery`), across outages of the server. :func:`connect` fails fast,
+naming the address, when nothing answers there.
 """
 from __future__ import annotations
 
@@ -16,7 +21,17 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["EmbeddedTiled", "connect", "catalog_exists", "catalog_api_key", "check_port_free",
+           "register_bluesky_exporters", "SafeTiledWriter", "subscribe_tiled_writer", "TiledUnavailable",
+           "probe_tiled", "URI_FILE", "API_KEY_FILE", "CATALOG_FILE"]
+
 URI_FILE = "tiled-uri.txt"
+#: Tiled's catalog database inside a catalog folder (its presence means "a catalog lives here")
+CATALOG_FILE = "catalog.db"
+#: Where ``txm-live serve`` keeps a catalog's API key (owner-only), so restarts keep it
+API_KEY_FILE = "api-key"
+#: The embedded server's only interface
+HOST = "127.0.0.1"
 
 _process_api_key: str | None = None
 
@@ -31,6 +46,91 @@ def _default_api_key() -> str:
     return _process_api_key
 
 
+def catalog_exists(directory) -> bool:
+    """True when ``directory`` holds a Tiled catalog (its ``catalog.db``)."""
+    return (Path(directory) / CATALOG_FILE).is_file()
+
+
+def catalog_api_key(directory) -> str:
+    """The API key kept in ``directory/api-key`` (created, owner-only, when missing).
+
+    A server restarted on the same catalog keeps its key, so clients that hold it (a
+    Tiled writer waiting out an outage, an analysis service) reconnect.
+    """
+    import secrets
+
+    path = Path(directory) / API_KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        if key:
+            return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def check_port_free(port: int, host: str = HOST) -> None:
+    """Raise :class:`OSError` naming ``host:port`` when another program listens there.
+
+    Binds the way the server will (``SO_REUSEADDR``, as uvicorn does), so a port left in
+    TIME_WAIT by a server that just stopped counts as free.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise OSError(exc.errno, f"port {port} on {host} is already in use ({exc.strerror}): another "
+                                     "Tiled server or program listens there; stop it or choose another "
+                                     "port") from None
+
+
+class _OneStorageRequestAtATime:
+    """ASGI wrapper: the embedded server handles requests that may touch its SQL storage one
+    at a time.
+
+    Tiled's embedded server keeps event tables in DuckDB through a single shared connection
+    (``StaticPool``); two requests handled at once on worker threads interleave their
+    transactions ("cannot commit - no transaction is active", HTTP 500) and can leave the
+    connection unusable. That happens as soon as two processes write at once — the
+    acquisition's writer and an analysis service (measured). Array reads, the bulk of
+    the traffic, do not use that storage and are not held back.
+    """
+
+    _UNLOCKED_GET_PREFIXES = ("/healthz", "/api/v1/array/")
+
+    def __init__(self, app):
+        self.app = app
+        self._lock = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD")
+                                       and scope["path"].startswith(self._UNLOCKED_GET_PREFIXES)):
+            return await self.app(scope, receive, send)
+        import asyncio
+
+        if self._lock is None:  # created in the server's event loop
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            await self.app(scope, receive, send)
+
+
+def _serialize_storage_access(app) -> None:
+    """Put :class:`_OneStorageRequestAtATime` outermost in a running FastAPI app.
+
+    SimpleTiledServer starts serving inside its constructor; Starlette builds its
+    middleware stack on the first request, so the stack is dropped and rebuilt on the next
+    one with the wrapper in it (before anyone else knows the server's address).
+    """
+    app.middleware_stack = None
+    app.add_middleware(_OneStorageRequestAtATime)
+
+
 def register_bluesky_exporters() -> None:
     """Teach Tiled to export a BlueskyRun as a document stream (``run.documents()``).
 
@@ -40,6 +140,24 @@ def register_bluesky_exporters() -> None:
     from tiled.media_type_registration import default_serialization_registry
 
     default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+
+
+def _serialize_table_storage(catalog) -> None:
+    """Let one request at a time use the embedded server's DuckDB table storage.
+
+    Tiled 0.2 hands every request thread the *same* DuckDB connection (a SQLAlchemy
+    ``StaticPool``): a table read (a viewer following the scan, a replay) while the writer
+    appends event rows crashed the server process with a segmentation fault (measured: 2 of
+    2 runs of 300 appends against a concurrent reader). A one-connection ``QueuePool``
+    makes the requests take turns instead (``tests/test_store_tables.py``).
+    """
+    import sqlalchemy.pool
+
+    for storage in getattr(catalog.context, "writable_storage", {}).values():
+        if getattr(storage, "dialect", None) == "duckdb":
+            storage.__dict__["_connection_pool"] = sqlalchemy.pool.QueuePool(
+                storage._adbc_connection.adbc_clone, pool_size=1, max_overflow=0, timeout=60,
+                reset_on_return=None)
 
 
 class EmbeddedTiled:
@@ -52,13 +170,18 @@ class EmbeddedTiled:
     readable_storage : sequence of paths
         Folders of external files (detector HDF5) the server may read.
     port : int
-        0 picks a free port.
+        Port on 127.0.0.1 (the server listens on no other interface); 0 picks a free one.
+        A port in use is refused at once with a message naming it.
     api_key : str, optional
         Single-user key; when omitted, one random key shared by all embedded servers of
         this process. It is part of :attr:`uri`.
 
     Notes
     -----
+    Requests that may touch the event-table storage are handled one at a time (see
+    :class:`_OneStorageRequestAtATime`): several writers (the acquisition, an analysis
+    service) may write at once.
+
     Tiled keeps its server settings process-wide: the last server started sets the key
     every server of the process accepts (measured: a first server answers 401 once a
     second one with another key has started). Hence one key per process by default.
@@ -69,6 +192,8 @@ class EmbeddedTiled:
     """
 
     def __init__(self, directory, *, readable_storage=(), port: int = 0, api_key: str | None = None):
+        if port:
+            check_port_free(port)  # before the slow imports: a busy port is refused at once
         from tiled.server import SimpleTiledServer
 
         register_bluesky_exporters()
@@ -77,10 +202,17 @@ class EmbeddedTiled:
         storage = [Path(p).resolve() for p in readable_storage]
         for p in storage:
             p.mkdir(parents=True, exist_ok=True)
-        self._server = SimpleTiledServer(
-            directory=self.directory, readable_storage=storage or None, port=port,
-            api_key=api_key or _default_api_key(),
-        )
+        try:
+            self._server = SimpleTiledServer(
+                directory=self.directory, readable_storage=storage or None, port=port,
+                api_key=api_key or _default_api_key(),
+            )
+        except (TimeoutError, RuntimeError) as exc:
+            where = f"port {port}" if port else "a free port"
+            raise RuntimeError(f"the Tiled server for {self.directory} did not start on {HOST}, {where}: {exc} "
+                               f"(see {self.directory / 'error.log'})") from exc
+        _serialize_storage_access(self._server.app)
+        _serialize_table_storage(self._server.catalog)
         self.uri = self._server.uri
         self._closed = False
         # The server's thread is not a daemon: without this, the interpreter would wait for
@@ -114,10 +246,22 @@ class EmbeddedTiled:
 
 
 def connect(uri_or_directory):
-    """A Tiled client from a URI, or from a folder an :class:`EmbeddedTiled` runs in."""
+    """A Tiled client from a URI, or from a folder an :class:`EmbeddedTiled` runs in.
+
+    The server is probed first (one request, a few seconds at most), so a dead address
+    fails fast with a message naming it instead of the Tiled client's ~25 s of retries.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder with no server recorded in it.
+    TiledUnavailable
+        Nothing answers at the address, or the server refuses the key.
+    """
     from tiled.client import from_uri
 
     target = str(uri_or_directory)
+    recorded_in = None
     if not target.startswith(("http://", "https://")):
         uri_file = Path(target) / URI_FILE
         if not uri_file.exists():
@@ -125,72 +269,20 @@ def connect(uri_or_directory):
                 f"no Tiled server is running for {target!r} ({uri_file} is missing); "
                 "start one with `txm-live serve` or give its URI"
             )
+        recorded_in = uri_file
         target = uri_file.read_text().strip()
+    try:
+        probe_tiled(target)
+    except TiledUnavailable as exc:
+        if recorded_in is None:
+            raise
+        raise TiledUnavailable(
+            f"{exc}. The address was recorded in {recorded_in} by a server that has since stopped "
+            f"without cleaning up; start it again with `txm-live serve {Path(recorded_in).parent.parent}`"
+        ) from exc
     return from_uri(target)
 
 
-class SafeTiledWriter:
-    """``bluesky_tiled_plugins.TiledWriter`` on its own thread, unable to stop a scan.
-
-    Each write to Tiled is an HTTP round trip (~0.1 s per document measured here), far too
-    slow for the RunEngine's thread. Documents are queued and written in order by a worker
-    thread, each event as it comes (``batch_size=1``) so other processes see the run
-    grow. If Tiled fails (the server went away, a disk filled), TiledWriter logs the error
-    and routes the rest of the run to ``backup_directory`` as JSON lines (its backup
-    callback); anything it raises all the same is logged and kept in :attr:`failures`.
-    Either way the scan and its raw files carry on untouched (``tests/test_store.py``).
-    """
-
-    def __init__(self, client, *, backup_directory=None, batch_size: int = 1):
-        import queue
-        import threading
-
-        from bluesky_tiled_plugins import TiledWriter
-
-        self.backup_directory = Path(backup_directory) if backup_directory else None
-        if self.backup_directory is not None:
-            self.backup_directory.mkdir(parents=True, exist_ok=True)
-        self._writer = TiledWriter(
-            client,
-            batch_size=batch_size,
-            backup_directory=str(self.backup_directory) if self.backup_directory else None,
-        )
-        self.failures: list[str] = []
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="tiled-writer", daemon=True)
-        self._thread.start()
-
-    def __call__(self, name, doc):
-        # Documents are not copied: bluesky does not mutate a document after emitting it.
-        self._queue.put((name, doc))
-
-    def _work(self):
-        while True:
-            name, doc = self._queue.get()
-            try:
-                if name is not None:
-                    self._writer(name, doc)
-            except Exception as exc:  # a storage failure must never reach the RunEngine
-                message = f"Tiled writer failed on {name!r} document: {exc!r}"
-                self.failures.append(message)
-                logger.error(message)
-            finally:
-                self._queue.task_done()
-
-    def flush(self, timeout: float | None = 60.0) -> bool:
-        """Wait until every queued document is written; False if ``timeout`` (s) ran out."""
-        import time
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-
-def subscribe_tiled_writer(RE, client, *, backup_directory=None, batch_size: int = 1) -> SafeTiledWriter:
-    """Subscribe a :class:`SafeTiledWriter` for ``client`` to the RunEngine ``RE``."""
-    writer = SafeTiledWriter(client, backup_directory=backup_directory, batch_size=batch_size)
-    writer.token = RE.subscribe(writer)
-    return writer
+# The writer lives in its own module; re-exported here, where users look for it.
+from .store_delivery import TiledUnavailable, probe_tiled  # noqa: E402
+from .store_writer import SafeTiledWriter, subscribe_tiled_writer  # noqa: E402

@@ -42,6 +42,13 @@ from ._tomo_prep import (
 from ._tracking import ParticleTracker, TrackingStep
 from ._validate import XanesInputWarning
 from ._xanes import STATUS_CODES, XanesResult, find_e0, fit_xanes, normalization_parameters
+from ._xanes3d_register import (
+    ProjectionDrift,
+    estimate_projection_drift,
+    register_volumes,
+    shift_rows,
+)
+from ._xanes_sampled import XanesSampler, fit_xanes_sampled, prepare_xanes_sampled
 
 __all__ = [
     "align_stack",
@@ -53,11 +60,13 @@ __all__ = [
     "correct_jitter",
     "EnergyCompleted",
     "estimate_jitter",
+    "estimate_projection_drift",
     "estimate_shift",
     "find_center",
     "find_e0",
     "fit_lcf",
     "fit_xanes",
+    "fit_xanes_sampled",
     "flat_dark_correct",
     "FlatDarkWarning",
     "fov_radius_px",
@@ -78,14 +87,18 @@ __all__ = [
     "ParticleTracker",
     "passed_peak_ev",
     "peak_whiteline_map",
+    "prepare_xanes_sampled",
+    "ProjectionDrift",
     "reconstruct",
     "reconstruction_backends",
+    "register_volumes",
     "remove_outliers",
     "remove_stripes",
     "remove_zingers",
     "sample_mask",
     "segment_particles",
     "SessionStatistics",
+    "shift_rows",
     "slice_entropy",
     "SocCalibration",
     "StackAligner",
@@ -98,5 +111,6 @@ __all__ = [
     "XanesInputWarning",
     "XanesMaps",
     "XanesResult",
+    "XanesSampler",
     "XanesScanLayout",
 ]

@@ -224,6 +224,18 @@ class OperandoSession:
         """Track of each label (``[k]`` is label ``k + 1``) of measurement ``index`` (a copy)."""
         return self._rows[index][0].copy()
 
+    def particle_rows(self, index: int) -> dict:
+        """Per-particle numbers of measurement ``index``, in label order (copies).
+
+        Returns ``{'track_id': (n,) int64, 'whiteline_ev': (n,), 'whiteline_std_ev', 'edge_ev',
+        'edge_std_ev', 'weight', 'area_px', 'centroid_y_px', 'centroid_x_px'}`` (energies eV,
+        centroids px).
+        """
+        ids, values = self._rows[index]
+        out = {"track_id": ids.copy()}
+        out.update({name: values[i].copy() for i, name in enumerate(_ROW_FIELDS)})
+        return out
+
     @property
     def nbytes(self) -> int:
         """Bytes held for the time series (per-particle rows; the tracker's two images not counted)."""

@@ -30,12 +30,13 @@ import time
 
 import event_model
 
+from .operando import OperandoSessionCallback, subscribe_operando_session
 from .preview import PngPreview
 from .xanes2d import ANALYSIS_NAME, Xanes2DAnalysis
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANALYSES", "LiveAnalysis", "PngPreview", "Xanes2DAnalysis", "subscribe_live_analysis",
+__all__ = ["ANALYSES", "LiveAnalysis", "OperandoSessionCallback", "PngPreview", "subscribe_operando_session", "Xanes2DAnalysis", "subscribe_live_analysis",
            "ANALYSIS_NAME"]
 
 #: scan_type -> analysis class (an ``event_model.DocumentRouter`` taking ``(start, emit, **options)``)

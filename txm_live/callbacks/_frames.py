@@ -5,15 +5,63 @@ flushed per frame); on replay from Tiled one ``stream_datum`` may cover a whole 
 Files are opened read-only with ``swmr=True`` (always: Tiled's embedded server opens the
 same files in this process with ``swmr=True`` and HDF5 refuses mismatched flags) and kept
 open for the run; the dataset is refreshed until the requested frames are there.
+
+``swmr=True`` skips HDF5's end-of-file check: frames of a truncated file (a copy cut
+short, a full disk) read back as zeros without any error. Before frames are read, the
+byte range of each of their chunks is checked against the file's size on disk
+(:func:`check_frames_in_file`), and a frame that lies beyond the end raises
+:class:`TruncatedFrameFile` naming the file.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-__all__ = ["FrameReader", "path_from_uri"]
+__all__ = ["FrameReader", "path_from_uri", "check_frames_in_file", "TruncatedFrameFile"]
+
+
+class TruncatedFrameFile(OSError):
+    """Frames a file's metadata announces lie beyond the end of the file on disk."""
+
+
+def _chunk_starts(ds, index: int):
+    """Coordinates of the chunks holding frame ``index`` of a chunked dataset."""
+    chunks = ds.chunks
+    first = (index // chunks[0]) * chunks[0]
+    ranges = [range(0, n, c) for n, c in zip(ds.shape[1:], chunks[1:])]
+    return [(first, *rest) for rest in itertools.product(*ranges)]
+
+
+def check_frames_in_file(path, ds, start: int, stop: int) -> None:
+    """Raise :class:`TruncatedFrameFile` unless frames ``start:stop`` of ``ds`` are on disk.
+
+    Compares each chunk's end (``byte_offset + size``, from the chunk index) — or a
+    contiguous dataset's end — with the size of the file at ``path``.
+    """
+    size = os.path.getsize(path)
+    where = f"{path}:{ds.name}"
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        end = (offset or 0) + ds.id.get_storage_size()
+        if offset is None or end > size:
+            raise TruncatedFrameFile(f"{where}: the dataset needs bytes up to {end} but the file has {size}: "
+                                     "the file is truncated (frames would read as zeros)")
+        return
+    for index in range(start, stop):
+        for coord in _chunk_starts(ds, index):
+            info = ds.id.get_chunk_info_by_coord(coord)
+            if info.byte_offset is None:
+                raise TruncatedFrameFile(f"{where}: frame {index} is announced but was never written to the file "
+                                         "(it would read as zeros)")
+            end = info.byte_offset + info.size
+            if end > size:
+                raise TruncatedFrameFile(
+                    f"{where}: frame {index} needs bytes up to {end} but the file has {size}: the file is "
+                    "truncated (a copy cut short or a full disk?); frames would read as zeros")
 
 
 def path_from_uri(uri: str) -> str:
@@ -42,17 +90,24 @@ class FrameReader:
 
         f = self._files.get(path)
         if f is None:
-            f = h5py.File(path, "r", libver="latest", swmr=True)
+            try:
+                f = h5py.File(path, "r", libver="latest", swmr=True)
+            except OSError as exc:  # h5py's message does not name the file
+                raise OSError(f"cannot open the detector file {path}: {exc}") from exc
             self._files[path] = f
         return f
 
     def read(self, uri: str, dataset: str, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` of ``dataset`` in the file at ``uri``; shape (n, ny, nx)."""
-        ds = self._file(path_from_uri(uri))[dataset]
+        f = self._file(path_from_uri(uri))
+        if dataset not in f:
+            raise KeyError(f"{path_from_uri(uri)} has no dataset {dataset!r}")
+        ds = f[dataset]
         deadline = time.monotonic() + self.wait_s
         while True:
             ds.refresh()
             if ds.shape[0] >= stop:
+                check_frames_in_file(path_from_uri(uri), ds, start, stop)
                 return ds[start:stop]
             if time.monotonic() > deadline:
                 raise TimeoutError(

@@ -1,5 +1,7 @@
 """Bluesky plans of the TXM. Plans talk to device protocols only; they never know whether
 the devices are simulated."""
+from .operando import CyclingStep, OperandoResume, PotentiostatFault, operando, potentiostat_suspender
 from .xanes import xanes_2d
 
-__all__ = ["xanes_2d"]
+__all__ = ["CyclingStep", "OperandoResume", "PotentiostatFault", "operando", "potentiostat_suspender",
+           "xanes_2d"]

@@ -1,0 +1,261 @@
+"""Benchmark: 3D XANES — registration accuracy, per-voxel fit throughput in process and on
+Dask, the out-of-core fit against a plain read of the stack, reconstruction per slice.
+
+Parts (``--parts``; each prints its figures side by side, measured in the same run):
+
+``registration``
+    A simulated 3D XANES scan (30 energies × 128³, 180 angles, drift between energies):
+    the pipeline's projection registration vs reconstructing every energy about its own
+    centre (``find_center``) and registering the volumes in 3D (``register_volumes``):
+    RMS error against the simulator's true drift, and the whiteline volume's correlation
+    with the true oxidation state and RMS error after each.
+``fit``
+    ``fit_store`` on a zarr store of ``--fit-shape`` (energies, nz, ny, nx) float32:
+    in process (dask threads) vs a ``LocalCluster`` of 1 worker × 2 threads (overhead
+    ratio), and 1 vs 2 workers × 1 thread (speedup); GB/s of stack; the maps compared.
+    Beside it ``fit_xanes`` on the same stack in memory (the kernel alone).
+``ooc``
+    A ``--ooc-gb`` GB stack on disk (default 16): the time to read every chunk of it
+    (dask, the fit's chunks) and the time of ``fit_store`` on it, side by side.
+``recon``
+    ``reconstruct`` (NUFFT, one thread per slab, as the pipeline runs it) on
+    ``--recon-width``-px projections: seconds per slice, for sizing a 1024³ scan.
+
+Usage::
+
+    python benchmarks/bench_xanes3d.py --parts registration fit recon
+    python benchmarks/bench_xanes3d.py --parts ooc --ooc-gb 16 --workdir /work/tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+N_ANGLES = 180
+
+
+def _energies():
+    from txm_live.energies import xanes_energy_list
+
+    return xanes_energy_list(8333.0, pre_edge_ev=(-40, -10), pre_edge_step_ev=10, near_edge_ev=(-10, 20),
+                             near_edge_step_ev=1.25, post_edge_ev=(20, 60), post_edge_step_ev=20)
+
+
+def _scores(wl, fitted, truth):
+    m = truth.mask & fitted
+    r = np.corrcoef(wl[m], truth.oxidation_state[m])[0, 1]
+    return r, float(np.sqrt(np.mean((wl[m] - truth.whiteline_ev[m]) ** 2)))
+
+
+def part_registration(workdir: Path):
+    from scipy import ndimage
+
+    from simulators.xanes3d import make_xanes3d_sim, simulate_xanes3d_scan, voxel_truth
+    from txm_live.analysis import find_center, fit_xanes, normalize_projections, reconstruct, register_volumes
+    from txm_live.pipelines import RECONSTRUCTION_DEFAULTS, Xanes3DStore, run_xanes3d
+
+    sim = make_xanes3d_sim(n_angles=N_ANGLES)
+    xscan = simulate_xanes3d_scan(sim, _energies()[::-1], N_ANGLES)
+    truth = voxel_truth(sim, shift_px=xscan.scans[0].object_shift_px)
+    t0 = time.perf_counter()
+    run_xanes3d(xscan, workdir / "reg.zarr", overwrite=True)
+    t_a = time.perf_counter() - t0
+    store = Xanes3DStore.open(workdir / "reg.zarr", mode="r")
+    true_rel = xscan.drift_px - xscan.drift_px[0]
+    err_a = -store.registration()["shift_px"] - true_rel
+    res = store.results()
+    r_a, rms_a = _scores(res["whiteline"][:], res["mask"][:], truth)
+    # B: every energy about its own centre, then 3D phase correlation to the reference
+    t0 = time.perf_counter()
+    vols, centres = [], []
+    for s in xscan.scans:
+        a = normalize_projections(s.projections, s.flats, s.darks)
+        centres.append(find_center(a, s.theta_rad, ncore=1))
+        vols.append(reconstruct(a, s.theta_rad, centres[-1], **RECONSTRUCTION_DEFAULTS))
+    obj = xscan.object_shift_px  # (dy, dx, dz) of each scan's object in its reconstruction
+    err_b, aligned = [], [vols[0]]
+    for k in range(1, len(vols)):
+        est = np.array(register_volumes(vols[0], vols[k]))
+        d = obj[k] - obj[0]
+        expected = np.array([-d[0], d[2], -d[1]])  # volume axes (z=j, row=−z, col=x)
+        err_b.append(est - expected)
+        aligned.append(ndimage.shift(vols[k], est, order=3, mode="nearest"))
+    t_b = time.perf_counter() - t0
+    fit_b = fit_xanes(np.stack(aligned), xscan.energies_ev)
+    r_b, rms_b = _scores(fit_b.whiteline, fit_b.mask, truth)
+    centre_err = np.array(centres) - xscan.center_px
+    print("registration between energies (30 energies x 128³, 180 angles; truth: simulator drift)")
+    print(f"  no registration          : drift RMS {np.sqrt(np.mean(true_rel[1:] ** 2)):.3f} px")
+    print(f"  projections (pipeline)   : error RMS {np.sqrt(np.mean(err_a[1:] ** 2)):.4f} px, "
+          f"whiteline r {r_a:.3f}, RMS {rms_a:.3f} eV  ({t_a:.0f} s incl. fit)")
+    print(f"  volumes (3D phase corr.) : error RMS {np.sqrt(np.mean(np.square(err_b))):.4f} voxel, centre "
+          f"error RMS {np.sqrt(np.mean(centre_err ** 2)):.3f} px, whiteline r {r_b:.3f}, RMS {rms_b:.3f} eV "
+          f"({t_b:.0f} s without fit)")
+
+
+def _write_synthetic_store(path: Path, shape4, slab=None):
+    """A store filled with analytic spectra (smooth per-voxel edge shift), slab by slab."""
+    from txm_live.analysis._synthetic import analytic_spectrum, default_energies
+    from txm_live.pipelines import Xanes3DStore
+
+    n_e, nz, ny, nx = shape4
+    E = default_energies(n=n_e)
+    store = Xanes3DStore.create(path, E, (nz, nx), slab=slab, overwrite=True)
+    assert ny == nx, "volumes are (ny_det, nx, nx)"
+    sampler = store.sampler()
+    rng = np.random.default_rng(0)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+    for z0 in range(0, nz, store.slab):
+        z1 = min(nz, z0 + store.slab)
+        zz = np.linspace(-1, 1, nz)[z0:z1, None, None]
+        shift = (1.5 * np.sin(3 * zz) * np.cos(2 * yy + xx)).astype(np.float32)
+        for i, e in enumerate(E):
+            vol = (0.3 + 0.6 * analytic_spectrum(e, shift) + rng.normal(0, 0.01, shift.shape)).astype(np.float32)
+            store.volumes[i, z0:z1] = vol
+            sampler.add(i, vol, start=z0)
+    return store
+
+
+def _timed(fn, repeat=1):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def part_fit(workdir: Path, shape4, repeat: int):
+    """Cluster runs interleaved with in-process runs (the machine is shared: each ratio
+    compares runs seconds apart); the median ratio is printed."""
+    from txm_live.analysis import fit_xanes
+    from txm_live.pipelines import Xanes3DStore, fit_store
+    from txm_live.scale import dask_runner
+
+    path = workdir / "fit.zarr"
+    store = _write_synthetic_store(path, shape4)
+    gb = np.prod(shape4) * 4 / 1e9
+    stack = store.volumes[:]
+    t_mem, _ = _timed(lambda: fit_xanes(stack, store.energies_ev), repeat)
+    del stack
+    fit_store(path)
+    ref = Xanes3DStore.open(path, mode="r").results()["whiteline"][:]
+    rows = {}
+    for label, spec, threads in (("1 worker x 2 threads", "local:1", 2), ("1 worker x 1 thread", "local:1", 1),
+                                 ("2 workers x 1 thread", "local:2", 1)):
+        with dask_runner(spec, threads_per_worker=threads) as runner:
+            fit_store(path, runner=runner)  # warm: workers import and compile once
+            pairs = [(_timed(lambda: fit_store(path))[0], _timed(lambda: fit_store(path, runner=runner))[0])
+                     for _ in range(repeat)]
+        same = np.array_equal(Xanes3DStore.open(path, mode="r").results()["whiteline"][:], ref, equal_nan=True)
+        t_in, t_cl = np.array(pairs).T
+        rows[label] = (t_in.min(), t_cl.min(), float(np.median(t_cl / t_in)), same)
+    print(f"per-voxel fit, stack {shape4} float32 = {gb:.2f} GB (best of {repeat}; ratios: median of "
+          f"interleaved pairs)")
+    print(f"  fit_xanes, stack in memory       : {t_mem:6.2f} s  {gb / t_mem:5.2f} GB/s (the kernel alone)")
+    for label, (t_in, t_cl, ratio, same) in rows.items():
+        print(f"  LocalCluster {label:20s}: {t_cl:6.2f} s  {gb / t_cl:5.2f} GB/s | in process (threads) "
+              f"{t_in:5.2f} s {gb / t_in:5.2f} GB/s | {ratio:4.2f}x in-process | maps bit-identical: {same}")
+    one, two = rows["1 worker x 1 thread"][1], rows["2 workers x 1 thread"][1]
+    print(f"  2 workers vs 1 (1 thread each)   : speedup {one / two:.2f}x")
+    shutil.rmtree(path)
+
+
+def part_ooc(workdir: Path, target_gb: float):
+    import dask.array as da
+
+    from txm_live.pipelines import fit_store
+    from txm_live.pipelines.xanes3d import FIT_CHUNK_BYTES
+
+    n_e, nx = 60, 408
+    nz = int(round(target_gb * 1e9 / (n_e * nx * nx * 4)))
+    shape4 = (n_e, nz, nx, nx)
+    free = shutil.disk_usage(workdir).free / 1e9
+    need = np.prod(shape4) * 4 / 1e9 * 1.2
+    if free < need + 5:
+        raise SystemExit(f"{workdir}: {free:.0f} GB free, the {need:.0f} GB stack needs more")
+    path = workdir / "ooc.zarr"
+    t0 = time.perf_counter()
+    store = _write_synthetic_store(path, shape4, slab=2)
+    t_write = time.perf_counter() - t0
+    gb = np.prod(shape4) * 4 / 1e9
+    slab = store.slab * int(max(1, FIT_CHUNK_BYTES // (4 * n_e * nx * nx * store.slab)))  # as fit_store
+    stack = da.from_zarr(store.volumes, chunks=(n_e, slab, nx, nx))
+    t0 = time.perf_counter()
+    stack.map_blocks(lambda b: np.zeros((1, 1, 1, 1), np.float32), chunks=(1, 1, 1, 1)).compute()
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit = fit_store(path)
+    t_fit = time.perf_counter() - t0
+    print(f"out of core: stack {shape4} float32 = {gb:.1f} GB on disk (written in {t_write:.0f} s), "
+          f"chunks of {slab} slices")
+    print(f"  read every chunk (dask threads) : {t_read:7.1f} s  {gb / t_read:5.2f} GB/s")
+    print(f"  fit_store (read + fit + write)  : {t_fit:7.1f} s  {gb / t_fit:5.2f} GB/s  "
+          f"= {t_fit / t_read:.2f}x the read  ({fit.status_counts.get('ok', 0)} voxels fitted)")
+    shutil.rmtree(path)
+
+
+def part_recon(width: int, n_angles: int, rows: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from txm_live.analysis import reconstruct
+    from txm_live.pipelines import RECONSTRUCTION_DEFAULTS
+
+    rng = np.random.default_rng(0)
+    theta = np.linspace(0, np.pi, n_angles, endpoint=False)
+    tomo = rng.random((n_angles, rows, width), dtype=np.float32)
+    n_threads = len(os.sched_getaffinity(0))
+    slabs = np.array_split(np.arange(rows), n_threads)
+
+    def one(idx):
+        return reconstruct(tomo[:, idx[0]:idx[-1] + 1], theta, width / 2, ncore=1, **RECONSTRUCTION_DEFAULTS)
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(one, slabs))  # warm
+        t0 = time.perf_counter()
+        list(pool.map(one, slabs))
+        t = time.perf_counter() - t0
+    t1, _ = _timed(lambda: reconstruct(tomo, theta, width / 2, **RECONSTRUCTION_DEFAULTS))
+    print(f"reconstruction {width} px, {n_angles} angles, {rows} slices on {n_threads} cores: "
+          f"{t / rows * 1e3:.1f} ms/slice (one thread per slab, as the pipeline), "
+          f"{t1 / rows * 1e3:.1f} ms/slice (ncore={n_threads} on one call)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", nargs="+", default=["registration", "fit", "recon"],
+                   choices=["registration", "fit", "ooc", "recon"])
+    p.add_argument("--fit-shape", nargs=4, type=int, default=[60, 64, 256, 256])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--ooc-gb", type=float, default=16.0)
+    p.add_argument("--recon-width", type=int, default=1024)
+    p.add_argument("--recon-angles", type=int, default=900)
+    p.add_argument("--recon-rows", type=int, default=8)
+    p.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    workdir = Path(tempfile.mkdtemp(dir=args.workdir))
+    try:
+        for part in args.parts:
+            if part == "registration":
+                part_registration(workdir)
+            elif part == "fit":
+                part_fit(workdir, tuple(args.fit_shape), args.repeat)
+            elif part == "ooc":
+                part_ooc(workdir, args.ooc_gb)
+            else:
+                part_recon(args.recon_width, args.recon_angles, args.recon_rows)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
