@@ -30,9 +30,11 @@ browser:
 	chromium --headless --no-sandbox --disable-gpu --version \
 	  || { echo "make browser: chromium is installed but does not start" >&2; exit 1; }
 
+# Two pytest workers (pytest-xdist), a test file at a time each: the suite waits on servers,
+# IOCs and RunEngines as much as it computes, so two cores finish it in about half the time.
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory browser
-	MPLBACKEND=Agg $(BIN)/python -m pytest
+	MPLBACKEND=Agg $(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The IPython profile on the simulated beamline (embedded Tiled, live analysis). Data go
 # to DATA (default: a fresh temporary folder); IPYTHON_ARGS are passed to ipython.

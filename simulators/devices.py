@@ -17,11 +17,13 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.signal import SignalRO
 from ophyd.sim import SynAxis
-from ophyd.status import DeviceStatus
+from ophyd.status import DeviceStatus, MoveStatus
+from ophyd.utils import ReadOnlyError
 
 from txm_live.devices.energy import FocusTrackingMixin
 from txm_live.devices.potentiostat import CRateSignal, ElapseSignal
 from txm_live.devices.potentiostat_protocol import check_mode
+from txm_live.devices.rotation import FlyableRotationMixin, FlyRotationInfo
 from txm_live.devices.shutter import SoftShutter
 
 from .electrochem import CellControl, NMCCell, OperandoSample
@@ -55,6 +57,147 @@ class SimMotor(SynAxis):
         self.clock.schedule(duration)
         self.delay = self.clock.wait_time(duration)
         return super().set(float(value))
+
+
+class _Trajectory:
+    """Position (deg) against simulated time of one move on a trapezoidal velocity profile.
+
+    The stage accelerates at ``velocity / accel_s`` to ``velocity``, cruises, and slows down
+    the same way (a triangle when the move is too short to reach the velocity); at rest
+    before ``t0_s`` and after :attr:`end_s`.
+    """
+
+    def __init__(self, start: float, end: float, t0_s: float, velocity: float, accel_s: float):
+        self.start, self.end, self.t0_s = float(start), float(end), float(t0_s)
+        distance = abs(self.end - self.start)
+        self.sign = 1.0 if self.end >= self.start else -1.0
+        v, ta = float(velocity), max(float(accel_s), 0.0)
+        if ta > 0 and distance < v * ta:  # never reaches v: triangle
+            self.accel_s = math.sqrt(distance * ta / v)
+            self.velocity = v * self.accel_s / ta
+            self.cruise_s = 0.0
+        else:
+            self.accel_s, self.velocity = ta, v
+            self.cruise_s = distance / v - ta if distance > 0 else 0.0
+        self.duration_s = 2.0 * self.accel_s + self.cruise_s if distance > 0 else 0.0
+
+    @classmethod
+    def at_rest(cls, position: float, t_s: float) -> "_Trajectory":
+        return cls(position, position, t_s, 1.0, 0.0)
+
+    @property
+    def end_s(self) -> float:
+        return self.t0_s + self.duration_s
+
+    def position(self, t_s: float) -> float:
+        t = min(max(float(t_s) - self.t0_s, 0.0), self.duration_s)
+        ta, v = self.accel_s, self.velocity
+        a = v / ta if ta > 0 else math.inf
+        d_acc = 0.5 * v * ta
+        if t <= ta:
+            travelled = 0.5 * a * t * t if ta > 0 else 0.0
+        elif t <= ta + self.cruise_s:
+            travelled = d_acc + v * (t - ta)
+        else:
+            left = self.duration_s - t
+            travelled = abs(self.end - self.start) - (0.5 * a * left * left if ta > 0 else 0.0)
+        return self.start + self.sign * travelled
+
+
+class _TrajectoryReadback(Signal):
+    """Readback of a :class:`SimRotationAxis`: where its trajectory is at the clock's time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._metadata.update(connected=True, write_access=False)
+
+    def get(self, **kwargs):
+        self._readback = self.parent.position_at(self.parent.clock.now())
+        return self._readback
+
+    def describe(self):
+        description = super().describe()
+        for key in description:
+            description[key]["precision"] = self.parent.precision
+        return description
+
+    def put(self, value, **kwargs):
+        raise ReadOnlyError(f"The signal {self.name} is read-only.")
+
+    def set(self, value, **kwargs):
+        raise ReadOnlyError(f"The signal {self.name} is read-only.")
+
+
+class SimRotationAxis(FlyableRotationMixin, SimMotor):
+    """Rotation stage (deg) that moves at ``velocity`` (deg/s), accelerating over
+    ``acceleration`` (s to reach it), as an EPICS motor record's VELO and ACCL.
+
+    Two kinds of move, as at the beamline:
+
+    * a plain ``set`` (step scans, moves to a position): the simulated clock waits for the
+      move, so the next frame is taken with the stage at rest at its target;
+    * the first ``set`` after ``prepare(FlyRotationInfo)`` is a fly: the stage turns
+      while frames are taken — the clock does not wait for it, the readback and the
+      frames follow the trajectory in simulated time (:meth:`position_at`), and the
+      move's status finishes when it would end (at once when the clock is not
+      realistic).
+
+    ``stop()`` (the RunEngine stops moved devices on a pause or abort) halts a fly where
+    the stage is.
+    """
+
+    readback = Cpt(_TrajectoryReadback, value=0.0, kind="hinted")
+
+    def __init__(self, *, name, clock: SimClock, speed: float = 30.0, accel_s: float = 0.5, value: float = 0.0,
+                 **kwargs):
+        super().__init__(name=name, clock=clock, speed=speed, value=value, **kwargs)
+        self.readback.name = self.name
+        self.velocity.put(float(speed))
+        self.acceleration.put(float(accel_s))
+        self._trajectory = _Trajectory.at_rest(float(value), 0.0)
+        self._fly_armed = False
+        self._lock = threading.Lock()
+
+    def position_at(self, t_s: float) -> float:
+        """Stage angle (deg) at simulated time ``t_s`` on the current move."""
+        with self._lock:
+            return self._trajectory.position(t_s)
+
+    def prepare(self, value: FlyRotationInfo):
+        status = super().prepare(value)
+        self._fly_armed = True  # the next set is the fly move
+        return status
+
+    def set(self, value):
+        target = float(value)
+        with self._lock:
+            fly, self._fly_armed = self._fly_armed, False
+        # A fly starts once the moves the plan waited for (to the taxi position) are over;
+        # a plain move runs in parallel with others, as any simulated motor's.
+        now = self.clock.settle() if fly else self.clock.now()
+        with self._lock:
+            here = self._trajectory.position(now)
+            move = _Trajectory(here, target, now, float(self.velocity.get()), float(self.acceleration.get()))
+            self._trajectory = move if fly else _Trajectory.at_rest(target, now)
+        self.sim_state["setpoint"] = target
+        status = MoveStatus(positioner=self, target=target)
+        if fly:
+            wait_s = self.clock.wait_time(move.duration_s)
+        else:  # the clock waits for it, as for any simulated motor
+            duration = move.duration_s + (self.settle_s if move.duration_s > 0 else 0.0)
+            self.clock.schedule(duration)
+            wait_s = self.clock.wait_time(duration)
+        if wait_s > 0:
+            threading.Timer(wait_s, status.set_finished).start()
+        else:
+            status.set_finished()
+        return status
+
+    def stop(self, *, success: bool = False):
+        now = self.clock.now()
+        with self._lock:
+            self._trajectory = _Trajectory.at_rest(self._trajectory.position(now), now)
+            self._fly_armed = False
 
 
 class SimEnergy(FocusTrackingMixin, SimMotor):
@@ -106,7 +249,7 @@ class SimSampleStage(SimStage):
     x = _axis("um", 500.0, 0.2)
     y = _axis("um", 500.0, 0.2)
     z = _axis("um", 500.0, 0.2)
-    r = _axis("deg", 3.0)
+    r = Cpt(SimRotationAxis, clock=None, speed=30.0, accel_s=0.5, egu="deg", value=0.0)
 
 
 class SimShutter(SoftShutter):
@@ -146,6 +289,7 @@ class SimTXMDetector(Device):
     mean_counts = Cpt(Signal, value=0.0, kind="hinted")
     pixel_size_nm = Cpt(Signal, value=0.0, kind="config")
     magnification = Cpt(Signal, value=0.0, kind="config")
+    binning = Cpt(SignalRO, value=1, kind="config")
 
     readout_s = 0.02  # camera readout, s (Andor Neo / Kinetix class)
 
@@ -163,6 +307,7 @@ class SimTXMDetector(Device):
         self._file: HDF5FrameFile | None = None
         self._rewrite: set[str] = set()  # frame types whose last row a re-take overwrites
         self.pixel_size_nm.put(float(model.pixel_size_nm))
+        self.binning._readback = int(model.binning)  # fixed by the model's image shape
         self.magnification.put(float(model.config.optics.magnification))
         #: Ground truth of every row written, in order: dicts with frame_type, index, truth
         #: (a row overwritten by a re-take holds the re-take's truth).
@@ -227,13 +372,14 @@ class SimTXMDetector(Device):
             raise ValueError(f"{self.name}.frame_type must be one of {FRAME_TYPES}, got {frame_type!r}")
         exposure_s = float(self.exposure_time.get())
         start_s = self.clock.settle()
+        theta_deg = self._rotation_deg(start_s + 0.5 * exposure_s)
         frame = self.model.acquire(
             energy_ev=float(self.energy.position),
             zp_z_mm=float(self.zone_plate.z.position),
             det_z_mm=float(self.detector_stage.z.position),
             sample_x_um=float(self.sample_stage.x.position),
             sample_y_um=float(self.sample_stage.y.position),
-            theta_rad=math.radians(float(self.sample_stage.r.position)),
+            theta_rad=math.radians(theta_deg),
             shutter_open=bool(self.shutter.is_open),
             exposure_s=exposure_s,
             time_s=start_s,
@@ -249,6 +395,13 @@ class SimTXMDetector(Device):
         else:
             status.set_finished()
         return status
+
+    def _rotation_deg(self, t_s: float) -> float:
+        """The rotation stage's angle at simulated time ``t_s`` (mid-exposure), degrees:
+        during a fly the stage turns while the frame is exposed."""
+        rotation = self.sample_stage.r
+        position_at = getattr(rotation, "position_at", None)
+        return float(position_at(t_s)) if position_at is not None else float(rotation.position)
 
     def _record(self, frame_type, frame) -> None:
         rewrite = frame_type in self._rewrite

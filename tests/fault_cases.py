@@ -667,9 +667,9 @@ def _saturated_band(frame_types):
 
         _alter_frames(session, frame_types, clip)
         uid, stop, status = _live_scan(session)
-        notes = str(status["notes"])
+        notes = f"{status['notes']}\n{status.get('quality_warnings', '')}".strip()
         assert stop["exit_status"] == "success", f"analysis closed {stop['exit_status']!r}: {stop['reason']}"
-        assert "saturated" in notes, f"nothing said about saturation: notes {notes!r}"
+        assert "saturat" in notes.lower(), f"nothing said about saturation: notes {notes!r}"
         mask = _final_mask(session, uid)
         inside = mask[BAD_ROWS.start + 2:BAD_ROWS.stop - 2]  # registration moves rows by < 2 px here
         assert not inside.any(), f"{int(inside.sum())} saturated pixels are in the maps' mask"
@@ -915,8 +915,7 @@ JUMP_FRACTION_OF_FIELD = 0.6
 
 
 WHOLE_FRAME_FIX = "a frame with no finite pixel changed the maps silently; now noted, naming the frame"
-SATURATION_FIX = ("saturated regions gave finite, wrong absorbance with no word; now NaN (masked) and noted "
-                  "(isolated hot pixels are still zinger-cleaned)")
+SATURATION_FIX = None  # found here; fixed on main in parallel (test_analysis_quality.py), not by this branch
 
 
 def bad_input_cases() -> list[Case]:

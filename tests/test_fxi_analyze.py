@@ -27,7 +27,6 @@ from simulators.phantom import make_nmc_phantom
 from simulators.stacks import simulate_xanes_stack
 from txm_live.energies import xanes_energy_list
 from txm_live.batch import (
-    ReconstructionUnavailableError,
     add_analyze_arguments,
     analyze_fxi_file,
     run_analyze,
@@ -148,16 +147,16 @@ def test_cli_refuses_a_raw_file_and_names_the_override(scan, tmp_path, capsys):
     assert "img_xanes holds raw detector counts" in err and "--layout xanes2d_raw" in err
 
 
-def test_analyze_on_a_fly_scan_says_reconstruction_is_not_available(tmp_path, capsys):
+def test_analyze_refuses_a_fly_scan_with_too_few_angles(tmp_path, capsys):
+    """A fly scan reconstructs (``tests/test_tomo_live.py`` checks the volume); one with
+    too few projections is refused with the count, nothing half-written, exit 1."""
     sim = SimTXM(SimConfig(shape=(64, 64), seed=2))
     path = write_fly_scan_like_fxi(tmp_path / "fly_scan_id_9.h5",
                                    simulate_fly_scan(sim, np.linspace(0.0, 180.0, 7), n_flats=2, n_darks=2))
-    with pytest.raises(ReconstructionUnavailableError,
-                       match=r"fly_scan_id_9.h5 is an FXI fly scan \(7 projections over 180.0°, 8400.0 eV\): "
-                             r"tomographic reconstruction is not available"):
+    with pytest.raises(ValueError, match=r"too few angles: 7 projections, at least 8 needed"):
         analyze_fxi_file(path, tmp_path / "o", progress=False)
-    assert run_analyze(_cli(str(path), "--no-progress", "-o", str(tmp_path / "o"))) == 3
-    assert "reconstruction is not available in this version" in capsys.readouterr().err
+    assert run_analyze(_cli(str(path), "--no-progress", "-o", str(tmp_path / "o"))) == 1
+    assert "too few angles: 7 projections" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
     # a folder of fly scans (3D XANES) is recognised and refused the same way
     write_fly_scan_like_fxi(tmp_path / "fly_scan_id_10.h5",

@@ -1,6 +1,6 @@
 """The operando plan under interruptions: potentiostat faults, suspender, abort, resume; bad input.
 
-Real RunEngine, the simulated TXM (64², 9 energies: these tests are about the documents
+Real RunEngine, the simulated TXM (64², 10 energies: these tests are about the documents
 and the cell, not the maps) writing HDF5, the simulated potentiostat whose cell feeds the
 sample, the live 2D XANES analysis and the session callback. Truth: the cell's own event
 log and readings, the charge counted from I·t (closed form), the files on disk.
@@ -43,7 +43,8 @@ class Beamline:
         self.session_docs: list = []
         self.session = OperandoSessionCallback(lambda name, doc: self.session_docs.append((name, doc)))
         self.live = LiveAnalysis(sinks=[self.session])
-        for callback in (lambda name, doc: self.docs.append((name, doc)), self.live, self.session):
+        # the session callback hears each raw start before the live analysis can emit from it
+        for callback in (lambda name, doc: self.docs.append((name, doc)), self.session, self.live):
             self.RE.subscribe(callback)
 
     def plan(self, **kwargs):

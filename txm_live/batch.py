@@ -1,9 +1,12 @@
-"""Batch analysis of FXI-style 2D XANES files (``txm-live analyze FILE.h5``).
+"""Batch analysis of FXI-style files (``txm-live analyze FILE.h5``).
 
-Reads the file, puts its frames through the same staged pipeline as the live analysis
-(:class:`txm_live.analysis.Xanes2DPipeline`: flat/dark, alignment, fit) and writes the
-maps as HDF5 and PNG. The CLI only dispatches to :func:`add_analyze_arguments` and
-:func:`run_analyze`.
+A 2D XANES file goes through the same staged pipeline as the live analysis
+(:class:`txm_live.analysis.Xanes2DPipeline`: flat/dark, alignment, fit) and its maps are
+written as HDF5 and PNG; a fly scan goes through the live tomography's pipeline
+(:class:`txm_live.analysis.TomoPipeline`: zingers, flat/dark, centre, reconstruction) and
+its volume is written as HDF5 with PNGs of the centre slice and sinogram
+(:func:`reconstruct_fly_scan`). The CLI only dispatches to
+:func:`add_analyze_arguments` and :func:`run_analyze`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import NO_ENERGY_INDEX, FrameLabel, Xanes2DPipeline, XanesScanLayout
+from .analysis import NO_ENERGY_INDEX, FrameLabel, TomoPipeline, Xanes2DPipeline, XanesScanLayout
 from .io import FxiFlyScan, read_fxi, write_maps_h5
 
-__all__ = ["ReconstructionUnavailableError", "analyze_fxi_file", "add_analyze_arguments", "run_analyze"]
+__all__ = ["ReconstructionUnavailableError", "analyze_fxi_file", "reconstruct_fly_scan", "add_analyze_arguments",
+           "run_analyze"]
 
 _PNG_MAPS = ("whiteline", "edge", "edge_jump")
 _ALIGN_MODES = ("running_mean", "reference", "neighbour", "none")
@@ -26,7 +30,7 @@ _LAYOUT_CHOICES = ("auto", "xanes2d", "xanes2d_raw", "fly_scan")
 
 
 class ReconstructionUnavailableError(NotImplementedError):
-    """The file is a fly scan; tomographic reconstruction is not part of this version yet."""
+    """A scan this version cannot reconstruct (a 3D XANES folder)."""
 
 
 def _png(path: Path, image: np.ndarray, title: str, label: str) -> Path:
@@ -148,7 +152,8 @@ def _write_outputs(path: Path, out_dir: Path, data, pipeline: Xanes2DPipeline, a
             "shifts": np.asarray(pipeline.shifts, dtype=float).reshape(-1, 2), "energies_ev": res.energies,
         },
         attrs={"source": str(path), "layout": data.layout, "layout_reason": data.layout_reason, "align": align, "fit_params": dict(res.params),
-               "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification},
+               "pixel_size_nm": data.pixel_size_nm, "magnification": data.magnification,
+               "quality": pipeline.quality, "quality_warnings": "\n".join(pipeline.quality_warnings)},
     )
     labels = {"whiteline": "eV", "edge": "eV", "edge_jump": "absorbance"}
     for name in _PNG_MAPS:
@@ -216,11 +221,7 @@ def analyze_fxi_file(
     out_dir = Path(output_dir)
     data = read_fxi(path, layout=layout)
     if isinstance(data, FxiFlyScan):
-        raise ReconstructionUnavailableError(
-            f"{path.name} is an FXI fly scan ({data.projections.shape[0]} projections over "
-            f"{np.rad2deg(np.ptp(data.theta_rad)):.1f}°, {data.energy_ev:.1f} eV): tomographic reconstruction "
-            f"is not available in this version of txm-live yet. The file reads with "
-            f"txm_live.io.read_fxi_fly_scan")
+        return reconstruct_fly_scan(data, out_dir, progress=progress, zinger_sigma=zinger_sigma)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Xanes2DPipeline(_layout(data), registration_mode=align, roi=roi, zinger_sigma=zinger_sigma,
                                fit_params=fit_params, partial_every=0)
@@ -229,6 +230,8 @@ def analyze_fxi_file(
         bar.set_postfix_str("correct + align")
         _feed(pipeline, data, bar)
         pipeline.finish()
+        for warning in pipeline.quality_warnings:  # also in the maps file's attributes
+            warnings.warn(f"{path.name}: the maps are suspect: {warning}", UserWarning, stacklevel=2)
         bar.set_postfix_str("fit")
         pipeline.fit_final()
         bar.update(1)
@@ -238,10 +241,83 @@ def analyze_fxi_file(
     return outputs
 
 
+def _feed_fly_scan(pipeline: TomoPipeline, data) -> None:
+    """Darks, flats and projections of an FXI fly scan, labelled by their rows in the file."""
+    for k, dark in enumerate(data.darks):
+        pipeline.add_frame(FrameLabel("dark", NO_ENERGY_INDEX, k), dark)
+    for k, flat in enumerate(data.flats):
+        pipeline.add_frame(FrameLabel("flat", 0, k), flat)
+    for i, (projection, theta) in enumerate(zip(data.projections, data.theta_rad)):
+        pipeline.add_frame(FrameLabel("sample", 0, i), projection, theta_rad=float(theta))
+
+
+def reconstruct_fly_scan(data, output_dir, *, progress: bool = True, zinger_sigma: float | None = 10.0,
+                         **pipeline_options) -> dict[str, Path]:
+    """Reconstruct an FXI fly scan (:class:`txm_live.io.FxiFlyScan`) and write the volume.
+
+    The frames go through :class:`txm_live.analysis.TomoPipeline` as the live
+    tomography's do (zingers removed, ``−ln((I − D)/(F − D))`` with the medians of the
+    file's flats and darks, :func:`~txm_live.analysis.find_center`,
+    :func:`~txm_live.analysis.reconstruct`), so a file exported from a stored run gives
+    the live run's volume.
+
+    Parameters
+    ----------
+    data : FxiFlyScan
+    output_dir : str or Path
+        Folder for the outputs (created if missing).
+    progress : bool
+        tqdm progress bar on stderr.
+    zinger_sigma : float or None
+        Zinger threshold; None: off.
+    **pipeline_options
+        Other :class:`~txm_live.analysis.TomoPipeline` options (``center_px``,
+        ``algorithm``, ``stripe_method`` ...).
+
+    Returns
+    -------
+    dict of str to Path
+        ``'volume'``: HDF5 with ``volume`` ``(ny, nx, nx)`` float32 (attenuation per pixel
+        length, ``reconstruct``'s geometry), ``theta_rad``, ``center_px``; attributes
+        ``center_method``, ``energy_ev``, ``pixel_size_nm``, the parameters and notes.
+        ``'slice'`` and ``'sinogram'``: PNGs of the middle detector row.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(output_dir)
+    stem = data.path.stem
+    pipeline = TomoPipeline(n_projections=data.projections.shape[0], n_darks=data.darks.shape[0],
+                            zinger_sigma=zinger_sigma, preview_every=0, **pipeline_options)
+    with tqdm(total=3, desc=data.path.name, disable=not progress, unit="step", file=sys.stderr) as bar:
+        bar.set_postfix_str("read + zingers")
+        _feed_fly_scan(pipeline, data)
+        bar.update(1)
+        bar.set_postfix_str("centre + reconstruct")
+        result = pipeline.reconstruct_volume()
+        bar.update(1)
+        bar.set_postfix_str("write")
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+        row = data.projections.shape[1] // 2
+        outputs = {"volume": write_maps_h5(
+            out_dir / f"{stem}_recon.h5",
+            {"volume": result.volume, "theta_rad": result.theta_rad, "center_px": np.float64(result.center_px)},
+            attrs={"source": str(data.path), "layout": data.layout, "center_method": result.center_method,
+                   "energy_ev": data.energy_ev, "pixel_size_nm": data.pixel_size_nm,
+                   "parameters": result.parameters, "notes": list(result.notes),
+                   "geometry": "volume[j, row, col]: detector row j; x = col - nx//2, z = nx//2 - row (px)"})}
+        outputs["slice"] = _png(out_dir / f"{stem}_slice.png", result.volume[row],
+                                f"{stem}: row {row}, centre {result.center_px:.2f} px", "attenuation / px")
+        outputs["sinogram"] = _png(out_dir / f"{stem}_sinogram.png", pipeline.sinogram(row),
+                                   f"{stem}: sinogram of row {row}", "absorbance")
+        bar.update(1)
+    pipeline.release()
+    return outputs
+
+
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``txm-live analyze`` arguments to ``parser``."""
-    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (fly scans and 3D XANES folders are "
-                                                "recognised; their reconstruction is not available yet)")
+    parser.add_argument("file", type=Path, help="FXI 2D XANES HDF5 file (maps) or fly-scan file (volume); "
+                                                "3D XANES folders are recognised, not yet reconstructed")
     parser.add_argument("--layout", choices=_LAYOUT_CHOICES, default="auto",
                         help="how to read the file (default: auto, recognised from its datasets and content; "
                              "xanes2d: img_xanes is FXI's transmission; xanes2d_raw: img_xanes holds raw counts)")

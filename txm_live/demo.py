@@ -9,7 +9,12 @@ What it does, in order:
    ``/txm_live/raw``) and runs the batch analysis on it (``txm-live analyze``: the same
    pipeline as the live analysis, so the same maps);
 4. compares the maps with the live ones and with the simulator's truth, and leaves PNG
-   previews in ``OUTPUT/previews`` (estimate and truth on one colour scale, error map).
+   previews in ``OUTPUT/previews`` (estimate and truth on one colour scale, error map);
+5. runs a fly-scan tomography (``tomo_fly``) of the simulated cathode, its axis off the
+   detector centre: the live analysis writes centre slices to Tiled during the scan and
+   the volume after it; the demo compares the centre and the volume with the truth
+   (``--tomo-projections 0`` skips it).
+6. runs a short operando session (:mod:`txm_live.demo_operando`; ``--no-operando`` skips it).
 
 The catalog stays on disk: ``txm-live serve OUTPUT`` serves it again.
 """
@@ -32,8 +37,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=256, help="image size in pixels (128, 256, 512, 1024, 2048)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the simulated sample and noise")
     parser.add_argument("--state-of-charge", type=float, default=0.6, help="0 (pristine, Ni2+) … 1 (charged)")
+    parser.add_argument("--tomo-projections", type=int, default=120,
+                        help="projections of the tomography scan over 180° (0: no tomography; default 120)")
     parser.add_argument("--realistic-timing", action="store_true",
                         help="motors and exposures take beamline time (a scan takes minutes)")
+    parser.add_argument("--no-operando", action="store_true",
+                        help="skip the short operando session (txm_live.demo_operando)")
 
 
 @dataclass
@@ -57,7 +66,7 @@ def _start(out: Path) -> _Session:
     print(f"  Tiled server at {server.uri.split('?')[0]} (catalog {out / 'tiled'})")
     print(f"  watch it in a browser: txm-live view --tiled {out / 'tiled'}  → http://127.0.0.1:5006/")
     RE = RunEngine({})
-    writer = subscribe_tiled_writer(RE, server.client(), backup_directory=out / "tiled-backup")
+    writer = subscribe_tiled_writer(RE, server.client(), spool_directory=out / "tiled-backup")
     # One writer for raw and analysis documents: two writers appending to the embedded
     # SQLite catalog at once collide.
     live = subscribe_live_analysis(RE, server.client(), preview_dir=out / "previews", writer=writer)
@@ -180,6 +189,45 @@ def _previews(previews: Path, maps: dict, raw_frame, raw_energy_ev: float) -> No
     print(f"  previews: {', '.join(sorted(p.name for p in previews.glob('*.png')))}")
 
 
+def _tomography(session: _Session, args, out: Path) -> None:
+    """A fly scan of the cathode (128² or the demo size if smaller), analysed live."""
+    from simulators.beamline import make_sim_beamline
+    from simulators.model import SimConfig
+    from simulators.tomography import TomoScan, attenuation_volume, make_tomo_sim
+
+    from .analysis import fov_radius_px
+    from .callbacks import read_volume
+    from .plans import tomo_fly
+
+    size = min(args.size, 128)
+    config = SimConfig(shape=(size, size), seed=args.seed, rotation_axis_offset_um=1.3, wobble_um=0.1)
+    bl = make_sim_beamline(out / "frames", model=make_tomo_sim(config), energy_ev=8400.0,
+                           realistic_timing=args.realistic_timing)
+    print(f"  tomography: fly scan, {args.tomo_projections} projections over 180° at 8400 eV, {size}² px")
+    t0 = time.perf_counter()
+    (uid,) = session.RE(tomo_fly(bl.detector, bl.sample_stage.r, shutter=bl.shutter, sample_stage=bl.sample_stage,
+                                 energy=bl.energy, n_projections=args.tomo_projections, n_darks=10, n_flats=10,
+                                 md={"sample": "NMC811 particles (simulated)", "operator": "demo"}))
+    session.live.wait(600)
+    (analysis_uid,) = session.live.analysis_uids[uid]
+    analysis = session.server.client()[analysis_uid]
+    n_slices = len(analysis["slice"]["final"].read())
+    center = float(analysis["reconstruction"]["center_px"].read()[0])
+    truth = bl.detector.truth_for("sample")
+    theta = np.array([t.theta_rad for t in truth])
+    empty = np.empty((0, size, size), np.uint16)
+    scan = TomoScan(empty, empty, empty, theta, theta, theta[:0], theta[:0], truth)
+    volume = read_volume(analysis)
+    true_volume = attenuation_volume(bl.model, 8400.0, shift_px=scan.object_shift_px)
+    yy, xx = np.indices((size, size))
+    fov = (yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (fov_radius_px(size, center) - 1) ** 2
+    a, t = volume[:, fov].astype(float).ravel(), true_volume[:, fov].astype(float).ravel()
+    nrmse = np.sqrt(np.mean(((a @ t) / (a @ a) * a - t) ** 2)) / np.sqrt(np.mean(t * t))
+    print(f"  tomography {uid[:8]} done in {time.perf_counter() - t0:.1f} s: {n_slices} centre slices in Tiled, "
+          f"centre {center:.2f} px (truth {scan.center_px:.2f}), volume NRMSE vs the phantom {nrmse:.3f}; "
+          f"analysis run {analysis_uid[:8]}, preview previews/{uid[:8]}_tomo.png")
+
+
 def run_demo(args) -> int:
     from .batch import analyze_fxi_file
 
@@ -200,6 +248,12 @@ def run_demo(args) -> int:
         middle = len(run.metadata["start"]["energies_ev"]) // 2
         _previews(out / "previews", maps, run["primary"]["txm_det_image"][middle],
                   run.metadata["start"]["energies_ev"][middle])
+        if args.tomo_projections:
+            _tomography(session, args, out)
+        if not args.no_operando:
+            from .demo_operando import run_operando_demo
+
+            run_operando_demo(session, args.seed)
         print(f"Done. Serve the catalog again with: txm-live serve {out}  (runs: {uid})")
     finally:
         session.server.close()

@@ -106,6 +106,10 @@ class SafeTiledWriter:
     batch_size : int
         TiledWriter's batch size for live writing; 1 writes each event as it comes, so
         other processes see the run grow.
+    analysis_batch_size : int, optional
+        The batch size for analysis runs (start documents with a ``parent_uid``); default
+        ``batch_size``. Raw events may be batched for speed while a live preview slice or
+        map still reaches Tiled as soon as it is emitted (``analysis_batch_size=1``).
     retry_interval_s : float
         Seconds between probes of a server that went away.
     adopt_orphans : bool
@@ -125,7 +129,7 @@ class SafeTiledWriter:
 
     def __init__(self, client, *, spool_directory=None, batch_size: int = 1,
                  retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S, adopt_orphans: bool = True,
-                 backup_directory=None):
+                 backup_directory=None, analysis_batch_size: int | None = None):
         if backup_directory is not None:
             if spool_directory is not None:
                 raise TypeError("give spool_directory or its old name backup_directory, not both")
@@ -137,6 +141,9 @@ class SafeTiledWriter:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}")
         self.batch_size = int(batch_size)
+        if analysis_batch_size is not None and int(analysis_batch_size) < 1:
+            raise ValueError(f"analysis_batch_size must be >= 1 or None; got {analysis_batch_size!r}")
+        self.analysis_batch_size = self.batch_size if analysis_batch_size is None else int(analysis_batch_size)
         self.retry_interval_s = float(retry_interval_s)
         self.spool = Spool(spool_directory)
         self.spool_directory = self.spool.directory
@@ -229,7 +236,9 @@ class SafeTiledWriter:
             if run.writer is None:
                 from bluesky_tiled_plugins import TiledWriter
 
-                run.writer = TiledWriter(self._client, batch_size=self.batch_size)
+                analysis = name == "start" and bool(doc.get("parent_uid"))
+                run.writer = TiledWriter(self._client,
+                                         batch_size=self.analysis_batch_size if analysis else self.batch_size)
             run.writer(name, doc)
         except Exception as exc:
             self._failed(run, f"writing a {name!r} document of run {uid}", exc, retry=True)
@@ -398,7 +407,7 @@ def subscribe_tiled_writer(RE, client, *, spool_directory=None, batch_size: int 
     """Subscribe a :class:`SafeTiledWriter` for ``client`` to the RunEngine ``RE``.
 
     ``options`` go to :class:`SafeTiledWriter` (``retry_interval_s``, ``adopt_orphans``,
-    ``backup_directory``).
+    ``analysis_batch_size``, ``backup_directory``).
     """
     writer = SafeTiledWriter(client, spool_directory=spool_directory, batch_size=batch_size, **options)
     writer.token = RE.subscribe(writer)

@@ -8,12 +8,21 @@ No bluesky, ophyd, event-model, tiled or h5py here: a user with arrays from
 any source (an FXI HDF5 file, a replayed run) calls these directly.
 """
 
-from ._flatdark import FlatDarkWarning, flat_dark_correct, remove_zingers, transmission_to_absorbance
+from ._flatdark import (
+    FlatDarkWarning,
+    SaturationWarning,
+    flat_dark_correct,
+    full_scale_counts,
+    remove_zingers,
+    transmission_to_absorbance,
+)
 from ._lcf import LcfResult, fit_lcf, xanes_mask
 from ._partial import XanesMaps, partial_xanes_maps, passed_peak_ev, peak_whiteline_map, sample_mask
 from ._pipeline import (
     FRAME_TYPES,
     NO_ENERGY_INDEX,
+    QUALITY_OK,
+    QUALITY_SUSPECT,
     EnergyCompleted,
     FrameAligned,
     FrameLabel,
@@ -22,7 +31,15 @@ from ._pipeline import (
 )
 from ._particle_session import MeasurementSummary, OperandoSession, SessionStatistics
 from ._particles import ParticleLabels, ParticleStatistics, SocCalibration, particle_statistics, segment_particles
-from ._registration import AlignmentResult, StackAligner, align_stack, apply_shifts, estimate_shift
+from ._registration import (
+    MAX_SHIFT_FRACTION,
+    MIN_PEAK_RATIO,
+    AlignmentResult,
+    StackAligner,
+    align_stack,
+    apply_shifts,
+    estimate_shift,
+)
 from ._tomo import (
     MIN_ANGLES,
     TomoInputWarning,
@@ -32,6 +49,7 @@ from ._tomo import (
     reconstruction_backends,
 )
 from ._tomo_center import CenterSweep, center_sweep, find_center, slice_entropy
+from ._tomo_pipeline import ProjectionAbsorbance, TomoPipeline, TomoSlice, TomoVolume
 from ._tomo_prep import (
     correct_jitter,
     estimate_jitter,
@@ -73,9 +91,12 @@ __all__ = [
     "FRAME_TYPES",
     "FrameAligned",
     "FrameLabel",
+    "full_scale_counts",
     "LcfResult",
+    "MAX_SHIFT_FRACTION",
     "MeasurementSummary",
     "MIN_ANGLES",
+    "MIN_PEAK_RATIO",
     "NO_ENERGY_INDEX",
     "normalization_parameters",
     "normalize_projections",
@@ -88,7 +109,10 @@ __all__ = [
     "passed_peak_ev",
     "peak_whiteline_map",
     "prepare_xanes_sampled",
+    "ProjectionAbsorbance",
     "ProjectionDrift",
+    "QUALITY_OK",
+    "QUALITY_SUSPECT",
     "reconstruct",
     "reconstruction_backends",
     "register_volumes",
@@ -96,6 +120,7 @@ __all__ = [
     "remove_stripes",
     "remove_zingers",
     "sample_mask",
+    "SaturationWarning",
     "segment_particles",
     "SessionStatistics",
     "shift_rows",
@@ -104,6 +129,9 @@ __all__ = [
     "StackAligner",
     "STATUS_CODES",
     "TomoInputWarning",
+    "TomoPipeline",
+    "TomoSlice",
+    "TomoVolume",
     "TrackingStep",
     "transmission_to_absorbance",
     "Xanes2DPipeline",

@@ -10,13 +10,38 @@ import warnings
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["flat_dark_correct", "remove_zingers", "transmission_to_absorbance", "FlatDarkWarning"]
+__all__ = ["flat_dark_correct", "remove_zingers", "transmission_to_absorbance", "FlatDarkWarning",
+           "SaturationWarning", "full_scale_counts"]
 
 _FLAT_MODES = ("auto", "per_frame", "median")
 
 
 class FlatDarkWarning(UserWarning):
     """Some pixels could not be corrected and were set to NaN."""
+
+
+class SaturationWarning(FlatDarkWarning):
+    """Pixels of a flat or a frame sat at the detector's full scale: set to NaN.
+
+    A clipped flat gives a finite absorbance that is too low (``-ln(I / F_clipped)``), a
+    clipped frame one that is too high: neither can be trusted, so they are not computed.
+    """
+
+
+def full_scale_counts(dtype) -> float | None:
+    """The largest reading of a detector delivering ``dtype``: its maximum for integer
+    types (65535 for uint16), None (unknown) for floats."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+
+
+def _mark_saturated(image, level, out, valid) -> int:
+    """NaN where ``image >= level`` (in place on ``out``/``valid``); how many were valid."""
+    hit = image >= level
+    n = int(np.count_nonzero(hit & valid))
+    out[hit] = np.nan
+    valid[hit] = False
+    return n
 
 
 @njit(cache=True, inline="always")
@@ -128,6 +153,7 @@ def flat_dark_correct(
     zinger_sigma: float | None = 10.0,
     return_mask: bool = False,
     dtype=None,
+    saturation_counts: float | None = None,
 ):
     """Absorbance ``-ln((I - D) / (F - D))`` from raw frames, flats and darks.
 
@@ -155,13 +181,21 @@ def flat_dark_correct(
     dtype : numpy dtype, optional
         Output float dtype; default float64 if any input is float64, else
         float32.
+    saturation_counts : float, optional
+        The detector's full-scale reading, counts. Pixels of a flat or a frame at
+        or above it (after zinger removal) were clipped: their absorbance is NaN
+        and a :class:`SaturationWarning` says how many. Default: the largest
+        value of the frames' or flats' integer dtype (:func:`full_scale_counts`,
+        65535 for uint16); float input is checked only when a level is given.
+        ``numpy.inf`` turns the check off.
 
     Returns
     -------
     absorbance : ndarray, shape of ``frames``
         Absorbance. Pixels where ``F - D <= 0`` or ``I - D <= 0`` (dead
-        pixels, fully absorbing regions, gaps) or with non-finite input are
-        NaN -- never inf -- and a :class:`FlatDarkWarning` reports how many.
+        pixels, fully absorbing regions, gaps), with non-finite input, or where
+        the flat or the frame is saturated are NaN -- never inf -- and a
+        :class:`FlatDarkWarning` (:class:`SaturationWarning`) reports how many.
     mask : ndarray of bool, shape of ``frames``
         Only with ``return_mask=True``: True where the absorbance is valid.
 
@@ -175,6 +209,8 @@ def flat_dark_correct(
         raise ValueError(f"flat_mode must be one of {_FLAT_MODES}; got {flat_mode!r}")
     if zinger_sigma is not None and not zinger_sigma > 0:
         raise ValueError(f"zinger_sigma must be > 0 or None; got {zinger_sigma!r}")
+    if saturation_counts is not None and not saturation_counts > 0:
+        raise ValueError(f"saturation_counts must be > 0 counts or None; got {saturation_counts!r}")
     fr_in = np.asarray(frames)
     single = fr_in.ndim == 2
     fr = _as_3d(fr_in, "frames")
@@ -191,6 +227,9 @@ def flat_dark_correct(
     )
     if out_dtype.kind != "f":
         raise ValueError(f"dtype must be a float dtype; got {out_dtype}")
+    if saturation_counts is None:
+        levels = [v for v in (full_scale_counts(fr.dtype), full_scale_counts(fl.dtype)) if v is not None]
+        saturation_counts = min(levels) if levels else np.inf
     n, m = fr.shape[0], fl.shape[0]
     per_frame = (flat_mode == "per_frame") or (flat_mode == "auto" and m == n and n > 1)
     if per_frame and m != n:
@@ -208,7 +247,7 @@ def flat_dark_correct(
         out = np.empty(img.shape, out_dtype)
         return out, int(_zinger_kernel(img, dark, float(zinger_sigma), out))
 
-    n_zing = 0
+    n_zing = n_saturated = 0
     if not per_frame:
         flat = np.median(fl, axis=0) if m > 1 else fl[0]
         flat, nz = clean(flat)
@@ -232,7 +271,16 @@ def flat_dark_correct(
         img, nz = clean(fr[i])
         n_zing += nz
         _absorbance_kernel(img, flat, dark, out[i], valid[i])
-    n_bad = int(valid.size - np.count_nonzero(valid))
+        n_saturated += _mark_saturated(flat, saturation_counts, out[i], valid[i])
+        n_saturated += _mark_saturated(img, saturation_counts, out[i], valid[i])
+    if n_saturated:
+        warnings.warn(
+            f"{n_saturated} of {valid.size} pixels set to NaN: the flat or the frame is saturated "
+            f"(>= {saturation_counts:g} counts), so their absorbance cannot be measured",
+            SaturationWarning,
+            stacklevel=2,
+        )
+    n_bad = int(valid.size - np.count_nonzero(valid)) - n_saturated
     if n_bad:
         warnings.warn(
             f"{n_bad} of {valid.size} pixels set to NaN (flat or sample not above the "

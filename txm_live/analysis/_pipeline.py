@@ -27,6 +27,19 @@ it can still be re-taken when every frame has its own checkpoint (as the plan st
 :mod:`txm_live.plans.stubs` do). A frame re-taken after it was already used (a plan
 without per-frame checkpoints) is ignored and noted in :attr:`Xanes2DPipeline.notes`.
 
+Results the pipeline cannot stand behind
+----------------------------------------
+:attr:`Xanes2DPipeline.quality_warnings` lists what makes the maps suspect, and
+:attr:`~Xanes2DPipeline.quality` is ``'suspect'`` when it is not empty (else ``'ok'``):
+
+* **saturation** — pixels of a flat or a sample frame at the detector's full scale
+  (``saturation_counts``; by default the raw frames' integer maximum, 65535 for uint16)
+  after zinger removal: their absorbance is NaN (a clipped flat would give a finite
+  absorbance that is too low), and how many is reported per flat set and for the frames;
+* **registration** — a frame whose shift is beyond the aligner's search range or whose
+  correlation peak says it did not match its reference (:class:`StackAligner`'s
+  ``suspect``): its maps pixels may be misplaced.
+
 Public names are re-exported by :mod:`txm_live.analysis`.
 """
 from __future__ import annotations
@@ -37,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ._flatdark import flat_dark_correct, remove_zingers, transmission_to_absorbance
+from ._flatdark import flat_dark_correct, full_scale_counts, remove_zingers, transmission_to_absorbance
 from ._partial import XanesMaps, partial_xanes_maps, sample_mask
 from ._registration import StackAligner, apply_shifts
 from ._xanes import fit_xanes
@@ -45,6 +58,8 @@ from ._xanes import fit_xanes
 __all__ = [
     "FRAME_TYPES",
     "NO_ENERGY_INDEX",
+    "QUALITY_OK",
+    "QUALITY_SUSPECT",
     "EnergyCompleted",
     "FrameAligned",
     "FrameLabel",
@@ -63,6 +78,8 @@ FLAT_MIN_SIGNAL_TO_NOISE = 10.0
 MIN_FINITE_FRACTION = 0.5
 #: Median absolute deviation → standard deviation of a normal distribution.
 MAD_TO_SIGMA = 1.4826
+#: ``Xanes2DPipeline.quality``: nothing to report, or see ``quality_warnings``.
+QUALITY_OK, QUALITY_SUSPECT = "ok", "suspect"
 
 
 @dataclass(frozen=True, order=True)
@@ -189,7 +206,6 @@ class _Frame:
     image: np.ndarray
     source: Any = None
     cleaned: np.ndarray | None = None   # zingers removed ahead of time (same numbers, earlier)
-    saturated: np.ndarray | None = None  # (ny, nx) bool: pixels at the detector's full scale
 
 
 @dataclass
@@ -197,25 +213,12 @@ class _FlatDarkState:
     """The dark and the flats by flat position, combined and cleaned once."""
 
     zinger_sigma: float | None
+    saturation_counts: float = np.inf
     dark: np.ndarray | None = None
     flats: dict = field(default_factory=dict)   # flat position -> cleaned flat
-    flats_saturated: dict = field(default_factory=dict)  # flat position -> (ny, nx) bool or None
-    full_scale: float | None = None             # the detector's full scale (integer frames), counts
-    #: frame type -> (frames with saturated pixels left after zinger cleaning, most in one frame)
-    saturation: dict = field(default_factory=dict)
-
-    def still_saturated(self, frame_type: str, mask, cleaned: np.ndarray):
-        """Pixels of ``mask`` still at full scale after zinger cleaning (isolated hot pixels are
-        replaced by their neighbours' median; a saturated region is not); counted by frame type."""
-        if mask is None:
-            return None
-        left = mask & (cleaned >= self.full_scale)
-        n = int(left.sum())
-        if not n:
-            return None
-        frames, most = self.saturation.get(frame_type, (0, 0))
-        self.saturation[frame_type] = (frames + 1, max(most, n))
-        return left
+    n_pixels: int = 0                           # pixels of a frame
+    n_saturated_frames: int = 0                 # sample frames with saturated pixels
+    max_saturated_px: int = 0                   # most saturated pixels in one of them
 
     def combine_dark(self, frames: list[np.ndarray], shape) -> np.ndarray:
         if not frames:
@@ -241,9 +244,6 @@ class _FlatDarkState:
             stack = np.stack([f.image for f in frames]).astype(np.float32)
             flat = self.clean(np.median(stack, axis=0) if len(stack) > 1 else stack[0])
         self._check_flat_above_dark(position, flat)
-        masks = [f.saturated for f in frames if f.saturated is not None]
-        self.flats_saturated[position] = self.still_saturated(
-            "flat", np.logical_or.reduce(masks) if masks else None, flat)
         self.flats[position] = flat
         return flat
 
@@ -259,16 +259,21 @@ class _FlatDarkState:
                 f"expected at least {FLAT_MIN_SIGNAL_TO_NOISE:g} x the dark's noise ({noise:.1f} counts): "
                 "no beam on the detector (shutter closed? beam lost?); the frames cannot be corrected")
 
-    def correct(self, frame: _Frame, flat: np.ndarray, position: int) -> np.ndarray:
+    def correct(self, frame: _Frame, flat: np.ndarray) -> np.ndarray:
         raw = frame.cleaned if frame.cleaned is not None else self.clean(frame.image)
+        n_saturated = self.count_saturated(raw)
+        if n_saturated:
+            self.n_saturated_frames += 1
+            self.max_saturated_px = max(self.max_saturated_px, n_saturated)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # dead pixels -> NaN, expected
-            absorbance = flat_dark_correct(raw, flat, self.dark, zinger_sigma=None)
-        saturated = [m for m in (self.still_saturated("sample", frame.saturated, raw),
-                                 self.flats_saturated.get(position)) if m is not None]
-        if saturated:  # clipped counts give a wrong, finite absorbance: no value at all is honest
-            absorbance[np.logical_or.reduce(saturated)] = np.nan
-        return absorbance
+            warnings.simplefilter("ignore")  # dead and saturated pixels -> NaN, counted here
+            return flat_dark_correct(raw, flat, self.dark, zinger_sigma=None,
+                                     saturation_counts=self.saturation_counts)
+
+    def count_saturated(self, image: np.ndarray) -> int:
+        """Pixels at or above the full scale (after zinger removal)."""
+        self.n_pixels = image.size
+        return int(np.count_nonzero(image >= self.saturation_counts))
 
 
 class Xanes2DPipeline:
@@ -290,6 +295,12 @@ class Xanes2DPipeline:
         Partial maps every this many energies (0: none).
     min_partial_energies : int
         No partial maps before this many energies are in the stack.
+    saturation_counts : float, optional
+        The detector's full-scale reading (counts); default the largest value of the
+        first raw frame's integer dtype (none for float frames). See
+        :attr:`quality_warnings`.
+    max_shift_px : float, optional
+        Registration search range (px); default :class:`StackAligner`'s.
 
     Notes
     -----
@@ -312,19 +323,24 @@ class Xanes2DPipeline:
 
     def __init__(self, layout: XanesScanLayout, *, registration_mode: str = "running_mean", roi=None,
                  zinger_sigma: float | None = 10.0, fit_params: dict | None = None,
-                 partial_every: int = 10, min_partial_energies: int = 20):
+                 partial_every: int = 10, min_partial_energies: int = 20,
+                 saturation_counts: float | None = None, max_shift_px: float | None = None):
         if not isinstance(layout, XanesScanLayout):
             raise TypeError(f"layout must be a XanesScanLayout; got {type(layout).__name__}")
         if registration_mode not in REGISTRATION_MODES:
             raise ValueError(f"registration_mode must be one of {REGISTRATION_MODES}; got {registration_mode!r}")
         if zinger_sigma is not None and not zinger_sigma > 0:
             raise ValueError(f"zinger_sigma must be > 0 or None; got {zinger_sigma!r}")
+        if saturation_counts is not None and not saturation_counts > 0:
+            raise ValueError(f"saturation_counts must be > 0 counts or None; got {saturation_counts!r}")
+        self.saturation_counts = saturation_counts
         self.layout = layout
         self.registration_mode = registration_mode
         self.fit_params = dict(fit_params or {})
         self.partial_every = _positive_int("partial_every", partial_every, 0)
         self.min_partial_energies = _positive_int("min_partial_energies", min_partial_energies, 0)
-        self._aligner = None if registration_mode == "none" else StackAligner(mode=registration_mode, roi=roi)
+        self._aligner = None if registration_mode == "none" else StackAligner(
+            mode=registration_mode, roi=roi, max_shift_px=max_shift_px)
         self._state = _FlatDarkState(zinger_sigma)
         self._kind: str | None = None                 # 'raw' or 'absorbance', fixed by the first frame
         self._frames: dict[FrameLabel, _Frame] = {}   # announced, not yet used
@@ -348,6 +364,8 @@ class Xanes2DPipeline:
         self.n_retaken = 0
         #: What the pipeline could not use, in words.
         self.notes: list[str] = []
+        self._saturated_flats: list[tuple[int, int]] = []   # (energy index, pixels at full scale)
+        self._suspect_frames: list[tuple[FrameLabel, str]] = []
 
     # ---- input ------------------------------------------------------------------------
     def add_frame(self, label: FrameLabel, image, *, source=None) -> list:
@@ -377,6 +395,7 @@ class Xanes2DPipeline:
             raise ValueError(f"frame {label} must be 2-D (ny, nx); got shape {image.shape}")
         if self._kind is None:
             self._kind = kind
+            self._set_saturation(image.dtype)
         elif self._kind != kind:
             raise ValueError(f"frame {label} is {kind} but this pipeline takes {self._kind} frames")
         if self._provisional is not None and self._provisional != label:
@@ -386,19 +405,15 @@ class Xanes2DPipeline:
             return []
         if label in self._frames:
             self.n_retaken += 1
-        self._frames[label] = _Frame(image, source, saturated=self._saturated(label, image, kind))
+        self._frames[label] = _Frame(image, source)
         self._provisional = label
         steps = self._advance(final=False)
         self._clean_ahead(label)
         return steps
 
-    def _saturated(self, label: FrameLabel, image: np.ndarray, kind: str) -> np.ndarray | None:
-        """Pixels of a raw integer flat or sample frame at the detector's full scale (None: none)."""
-        if kind != "raw" or label.frame_type == "dark" or not np.issubdtype(image.dtype, np.integer):
-            return None
-        self._state.full_scale = float(np.iinfo(image.dtype).max)
-        saturated = image >= self._state.full_scale
-        return saturated if saturated.any() else None
+    def _set_saturation(self, dtype) -> None:
+        level = self.saturation_counts if self.saturation_counts is not None else full_scale_counts(dtype)
+        self._state.saturation_counts = np.inf if level is None else float(level)
 
     def _clean_ahead(self, label: FrameLabel) -> None:
         """Remove a waiting frame's zingers now (a pure function of the frame and the dark),
@@ -414,15 +429,39 @@ class Xanes2DPipeline:
         self._provisional = None
         steps = self._advance(final=True)
         self._finished = True
-        for frame_type, (frames, most) in self._state.saturation.items():
-            self.notes.append(f"{frames} {frame_type} frame(s) hold saturated regions (pixels at the detector's "
-                              f"full scale, up to {most} per frame): their absorbance is NaN (masked)")
         left = sorted(label for label in self._frames if label.frame_type == "sample")
         if left:
             self.notes.append(f"{len(left)} sample frame(s) not used (an energy before them is "
                               f"incomplete): {left[0]} ...")
         self._frames.clear()
         return steps
+
+    @property
+    def quality_warnings(self) -> list[str]:
+        """What makes the result suspect, in words (see the module docstring); [] if nothing."""
+        out = []
+        state = self._state
+        if self._saturated_flats:
+            (first, n_first), worst = self._saturated_flats[0], max(n for _, n in self._saturated_flats)
+            n_sets = len(self.layout.flat_energy_indices)
+            out.append(f"saturation: the flats at {len(self._saturated_flats)} of {n_sets} flat energies have pixels "
+                       f"at the detector's full scale (>= {state.saturation_counts:g} counts), from energy index "
+                       f"{first} ({n_first} pixels; up to {worst} of {state.n_pixels}): their absorbance is NaN, not "
+                       "the too-low finite value a clipped flat gives")
+        if state.n_saturated_frames:
+            out.append(f"saturation: {state.n_saturated_frames} sample frame(s) have pixels at the detector's full "
+                       f"scale (>= {state.saturation_counts:g} counts; up to {state.max_saturated_px} in one "
+                       "frame): their absorbance is NaN")
+        if self._suspect_frames:
+            label, problem = self._suspect_frames[0]
+            out.append(f"registration: {len(self._suspect_frames)} of {len(self.shifts)} sample frame(s) may be "
+                       f"misplaced, from {label}: {problem}")
+        return out
+
+    @property
+    def quality(self) -> str:
+        """``'ok'``, or ``'suspect'`` when :attr:`quality_warnings` says why."""
+        return QUALITY_SUSPECT if self.quality_warnings else QUALITY_OK
 
     def fit_final(self) -> XanesMaps:
         """:func:`fit_xanes` on the whole stack: the final maps (also :attr:`final`)."""
@@ -459,7 +498,7 @@ class Xanes2DPipeline:
         self._n_stack = 0
         self._frames.clear()
         self._energy_frames = []
-        self._state = _FlatDarkState(self._state.zinger_sigma)
+        self._state = _FlatDarkState(self._state.zinger_sigma, self._state.saturation_counts)
 
     # ---- stages -----------------------------------------------------------------------
     def _usable(self, label: FrameLabel, final: bool) -> bool:
@@ -492,11 +531,10 @@ class Xanes2DPipeline:
         labels = [FrameLabel("flat", energy_index, r) for r in range(self.layout.flats_per_energy)]
         return labels if all(self._usable(label, final) for label in labels) else None
 
-    def _flat(self, energy_index: int, final: bool) -> int | None:
-        """Position (in ``flat_energy_indices``) of the combined flat for ``energy_index``; None: not yet."""
+    def _flat(self, energy_index: int, final: bool):
         position = self.layout.flat_position(energy_index)
         if position in self._state.flats:
-            return position
+            return self._state.flats[position]
         labels = self._flat_labels(position, final)
         if labels is None:
             if not final:
@@ -507,10 +545,13 @@ class Xanes2DPipeline:
             if position is None:
                 raise RuntimeError("no complete set of flat frames was measured; cannot correct the frames")
             if position in self._state.flats:
-                return position
+                return self._state.flats[position]
             labels = self._flat_labels(position, True)
-        self._state.combine_flat(position, [self._take(label) for label in labels])
-        return position
+        flat = self._state.combine_flat(position, [self._take(label) for label in labels])
+        n_saturated = self._state.count_saturated(flat)
+        if n_saturated:
+            self._saturated_flats.append((self.layout.flat_energy_indices[position], n_saturated))
+        return flat
 
     def _absorbance(self, label: FrameLabel, final: bool):
         """The frame's absorbance once its dark and flat exist (None: not yet)."""
@@ -518,10 +559,10 @@ class Xanes2DPipeline:
             return self._take(label).image
         if self._dark(final) is None:
             return None
-        position = self._flat(label.energy_index, final)
-        if position is None:
+        flat = self._flat(label.energy_index, final)
+        if flat is None:
             return None
-        return self._state.correct(self._take(label), self._state.flats[position], position)
+        return self._state.correct(self._take(label), flat)
 
     def _advance(self, final: bool) -> list:
         steps: list = []
@@ -551,6 +592,9 @@ class Xanes2DPipeline:
         else:
             shift = self._aligner.add(absorbance)
             aligned = apply_shifts(absorbance[None], [shift])[0]
+            problem = self._aligner.suspect.get(len(self._aligner.shifts) - 1)
+            if problem is not None:
+                self._suspect_frames.append((label, problem))
         self._energy_frames.append(aligned)
         self.aligned_labels.append(label)
         self.shifts.append(shift)

@@ -22,6 +22,7 @@ are released.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections import OrderedDict
 import queue
@@ -32,15 +33,27 @@ import event_model
 
 from .operando import OperandoSessionCallback, subscribe_operando_session
 from .preview import PngPreview
+from .tomo import TOMO_ANALYSIS_NAME, TomoAnalysis, read_volume
 from .xanes2d import ANALYSIS_NAME, Xanes2DAnalysis
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANALYSES", "LiveAnalysis", "OperandoSessionCallback", "PngPreview", "subscribe_operando_session", "Xanes2DAnalysis", "subscribe_live_analysis",
-           "ANALYSIS_NAME"]
+__all__ = ["ANALYSES", "PLAN_ANALYSES", "LiveAnalysis", "OperandoSessionCallback", "PngPreview", "TomoAnalysis",
+           "Xanes2DAnalysis", "read_volume", "subscribe_live_analysis", "subscribe_operando_session",
+           "ANALYSIS_NAME", "TOMO_ANALYSIS_NAME"]
 
 #: scan_type -> analysis class (an ``event_model.DocumentRouter`` taking ``(start, emit, **options)``)
-ANALYSES = {"xanes2d": Xanes2DAnalysis}
+ANALYSES = {"xanes2d": Xanes2DAnalysis, "tomo": TomoAnalysis}
+#: plan_name -> analysis class; looked up before ``ANALYSES`` (a plan's run gets its analysis
+#: whatever its ``scan_type``)
+PLAN_ANALYSES = {"tomo_fly": TomoAnalysis, "tomo_step": TomoAnalysis}
+
+
+def _options_for(cls, options: dict) -> dict:
+    """The options ``cls`` takes: one session's options serve every analysis class (an
+    option of the XANES analysis is no error for a tomography run, and the reverse)."""
+    accepted = inspect.signature(cls).parameters
+    return {k: v for k, v in options.items() if k in accepted}
 
 
 class LiveAnalysis:
@@ -82,6 +95,11 @@ class LiveAnalysis:
         if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
             raise ValueError(f"keep_runs must be an integer >= 0; got {keep_runs!r}")
         self.keep_runs = keep_runs
+        known = set().union(*(inspect.signature(c).parameters for c in {*ANALYSES.values(), *PLAN_ANALYSES.values()}))
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"no live analysis takes the options {unknown}; known options: "
+                            f"{sorted(known - {'start', 'emit', 'preview', 'replay'})}")
         self.writer = writer
         if self.writer is None and tiled_client is not None:
             from txm_live.store import SafeTiledWriter
@@ -144,13 +162,13 @@ class LiveAnalysis:
                 self._queue.task_done()
 
     def _factory(self, name, start):
-        cls = ANALYSES.get(start.get("scan_type"))
+        cls = PLAN_ANALYSES.get(start.get("plan_name")) or ANALYSES.get(start.get("scan_type"))
         if cls is None:
             return [], []
         preview = PngPreview(self.preview_dir, name=f"{start['uid'][:8]}_{start.get('scan_type')}",
                              min_interval_s=self.preview_interval_s)
         self.previews[start["uid"]] = preview
-        analysis = cls(start, self._emit, preview=preview, replay=self.replay, **self.options)
+        analysis = cls(start, self._emit, preview=preview, replay=self.replay, **_options_for(cls, self.options))
         self.analyses[analysis.uid] = analysis
         self.analysis_uids.setdefault(start["uid"], []).append(analysis.uid)
         return [analysis], []

@@ -2,8 +2,9 @@
 
 :class:`OperandoSessionCallback` is a ``(name, doc)`` callable fed two document streams:
 
-* the raw runs (subscribe it to the RunEngine): it notes the start document of every
-  run carrying an ``operando_uid`` (:func:`txm_live.plans.operando`);
+* the raw runs (subscribe it to the RunEngine, ahead of the live analysis: see
+  :func:`subscribe_operando_session`): it notes the start document of every run
+  carrying an ``operando_uid`` (:func:`txm_live.plans.operando`);
 * the live 2D XANES analysis runs (give it to :class:`~txm_live.callbacks.LiveAnalysis`
   as a sink): each measurement's final ``maps`` (edge jump, whiteline, edge, mask) and its
   ``status`` row (was the raw run complete, did the analysis succeed).
@@ -379,8 +380,19 @@ def subscribe_operando_session(RE, live, *, emit=None, **options) -> OperandoSes
 
     ``live`` is the :class:`~txm_live.callbacks.LiveAnalysis` analysing the measurements;
     ``emit`` defaults to its writer, so one writer stores raw, XANES and session runs.
+
+    The callback must hear each raw start document before the analysis documents made
+    from it (it only follows analysis runs of runs it knows): it is subscribed ahead of
+    ``live``, which is re-subscribed after it when ``live`` was subscribed with
+    :func:`~txm_live.callbacks.subscribe_live_analysis`. Subscribing both by hand, put
+    the session callback first.
     """
     callback = OperandoSessionCallback(emit if emit is not None else live.writer, **options)
-    callback.token = RE.subscribe(callback)
+    if getattr(live, "token", None) is not None:
+        RE.unsubscribe(live.token)
+        callback.token = RE.subscribe(callback)
+        live.token = RE.subscribe(live)
+    else:
+        callback.token = RE.subscribe(callback)
     live.sinks.append(callback)
     return callback

@@ -95,6 +95,12 @@ class PngPreview:
         File name without suffix, e.g. ``'<raw uid[:8]>_xanes2d'``.
     min_interval_s : float
         Least time between two PNGs of a scan in progress.
+
+    Attributes
+    ----------
+    render : callable ``(state, path)``
+        Draws a state into a PNG; the 2D XANES figure by default (an analysis with other
+        state keys sets its own, e.g. :func:`txm_live.callbacks.tomo.render_tomo_preview`).
     """
 
     def __init__(self, directory=None, *, name: str = "xanes2d", min_interval_s: float = 2.0):
@@ -111,6 +117,7 @@ class PngPreview:
         self.state: dict = {}
         self.paths: list[Path] = []
         self._lock = threading.Lock()
+        self.render = _render
 
     def _disable(self, exc: OSError) -> None:
         self.error = f"previews cannot be written to {self.directory}: {exc}; they are kept in memory only"
@@ -127,7 +134,7 @@ class PngPreview:
         self._last = now
         path = self.directory / f"{self.name}.png"
         try:
-            _render(state, path)
+            self.render(state, path)
         except OSError as exc:
             self._disable(exc)
             return

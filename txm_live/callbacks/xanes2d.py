@@ -13,6 +13,12 @@ emission only; the numbers come from :class:`txm_live.analysis.Xanes2DPipeline`:
   re-taken frames: the later replaces the earlier), so live, replay and batch agree;
 * the pipeline's steps become rows of the analysis run: ``drift`` (one per frame),
   ``spectrum`` (one per energy), ``maps`` (partial, then final) and ``status``.
+
+A result the analysis cannot stand behind (saturated flats or frames, a registration
+beyond its search range: :attr:`txm_live.analysis.Xanes2DPipeline.quality_warnings`) is
+said three times: the ``status`` row's ``quality`` (``'ok'`` or ``'suspect'``) and
+``quality_warnings``, the analysis stop document's ``reason`` (``SUSPECT: ...``), and a
+log warning.
 """
 from __future__ import annotations
 
@@ -22,7 +28,14 @@ import traceback
 import event_model
 import numpy as np
 
-from txm_live.analysis import EnergyCompleted, FrameAligned, Xanes2DPipeline, XanesMaps, XanesScanLayout
+from txm_live.analysis import (
+    QUALITY_SUSPECT,
+    EnergyCompleted,
+    FrameAligned,
+    Xanes2DPipeline,
+    XanesMaps,
+    XanesScanLayout,
+)
 
 from ._bookkeeping import FrameRef, LabelledFrames
 from ._emit import AnalysisRun, maps_data_keys, scalar_key
@@ -47,7 +60,8 @@ _STATUS_KEYS = {"raw_exit_status": scalar_key("string"), "raw_reason": scalar_ke
                 "partial": scalar_key("boolean"), "failed": scalar_key("boolean"),
                 "errors": scalar_key("string"), "notes": scalar_key("string"),
                 "n_frames": scalar_key("integer"), "n_frames_planned": scalar_key("integer"),
-                "n_retaken": scalar_key("integer"), "n_energies": scalar_key("integer")}
+                "n_retaken": scalar_key("integer"), "n_energies": scalar_key("integer"),
+                "quality": scalar_key("string"), "quality_warnings": scalar_key("string")}
 
 
 def layout_from_start(start: dict) -> XanesScanLayout:
@@ -308,6 +322,10 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         n_energies = len(pipe.stack) if pipe is not None else 0
         notes = (pipe.notes if pipe is not None else []) + self.frames.notes + (
             [self.preview_problem] if self.preview_problem else [])
+        quality_warnings = pipe.quality_warnings if pipe is not None else []
+        quality = pipe.quality if pipe is not None else QUALITY_SUSPECT
+        for warning in quality_warnings:
+            logger.warning("analysis of run %s is suspect: %s", self.raw_start.get("uid"), warning)
         partial = self._partial(raw_stop)
         self.run.flush()
         self.run.describe("status", _STATUS_KEYS)
@@ -315,11 +333,13 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
             "raw_exit_status": raw_status, "raw_reason": raw_stop.get("reason", ""), "partial": partial,
             "failed": self.failed, "errors": "\n".join(self.errors), "notes": "\n".join(notes),
             "n_frames": n_frames, "n_frames_planned": planned,
-            "n_retaken": pipe.n_retaken if pipe is not None else 0, "n_energies": n_energies})
+            "n_retaken": pipe.n_retaken if pipe is not None else 0, "n_energies": n_energies,
+            "quality": quality, "quality_warnings": "\n".join(quality_warnings)})
         exit_status = "fail" if self.failed else raw_status if raw_status != "success" else "success"
         reason = (f"raw run {raw_status}" + (f" ({raw_stop.get('reason')})" if raw_stop.get("reason") else "")
                   + f"; analysed {n_frames}/{planned} frames, {n_energies} energies"
                   + ("; PARTIAL result" if partial else "")
+                  + (f"; SUSPECT: {'; '.join(quality_warnings)}" if quality_warnings else "")
                   + (f"; analysis failed: {'; '.join(self.errors)}" if self.failed else ""))
         self.run.stop(exit_status, reason)
 

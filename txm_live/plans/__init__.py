@@ -1,7 +1,8 @@
 """Bluesky plans of the TXM. Plans talk to device protocols only; they never know whether
 the devices are simulated."""
 from .operando import CyclingStep, OperandoResume, PotentiostatFault, operando, potentiostat_suspender
+from .tomo import tomo_fly, tomo_step
 from .xanes import xanes_2d
 
 __all__ = ["CyclingStep", "OperandoResume", "PotentiostatFault", "operando", "potentiostat_suspender",
-           "xanes_2d"]
+           "tomo_fly", "tomo_step", "xanes_2d"]

@@ -50,8 +50,8 @@ from txm_live.devices.potentiostat_protocol import FAULT_CODES
 
 from .xanes import xanes_2d
 
-__all__ = ["CyclingStep", "OperandoResume", "resume_from_starts", "PotentiostatFault", "SuspendOnPotentiostatFault", "operando",
-           "potentiostat_suspender", "OPERANDO_KEYS"]
+__all__ = ["OPERANDO_KEYS", "CyclingStep", "OperandoResume", "PotentiostatFault", "SuspendOnPotentiostatFault",
+           "operando", "potentiostat_suspender", "resume_from_starts"]
 
 #: Modes of a protocol step (the potentiostat's control modes).
 STEP_MODES = ("cc", "cv", "rest")

@@ -39,8 +39,8 @@ from collections.abc import Sequence
 
 from bluesky import plan_stubs as bps
 
-__all__ = ["acquire_frame", "acquire_frames", "move_energy", "move_sample", "set_shutter", "take_darks",
-           "take_flats"]
+__all__ = ["acquire_frame", "acquire_frames", "acquire_projection", "move_energy", "move_sample", "set_shutter",
+           "take_darks", "take_flats"]
 
 #: ``energy_index`` recorded with darks (not taken at an energy of the list).
 NO_ENERGY_INDEX = -1
@@ -95,10 +95,47 @@ def acquire_frame(detector, label, *, frame_type: str, energy_index: int, repeat
     return (yield from bps.trigger_and_read([detector, label, *readables], name=stream))
 
 
+def acquire_projection(detector, label, angle, *, index: int, energy_index: int, energy_ev: float = math.nan,
+                       readables: Sequence = (), stream: str = "primary", checkpoint: bool = True):
+    """One labelled projection with its angle read from the rotation stage.
+
+    The label is ``('sample', energy_index, index)``: ``repeat`` is the projection's index
+    in acquisition order, so a projection re-taken after a pause carries the same label
+    as the one it replaces. ``angle`` (a :class:`txm_live.devices.rotation.FrameAngleSignal`)
+    is triggered before the detector and read after it, so the event's ``theta_rad`` is
+    the stage's readback around the exposure.
+
+    Parameters
+    ----------
+    detector, label
+        See the module docstring.
+    angle : FrameAngleSignal
+        The projection angle's signal (data key ``theta_rad``).
+    index : int
+        Projection number, 0, 1, ... in acquisition order.
+    energy_index, energy_ev
+        The scan's energy (index into the start document's ``energies_ev``).
+    readables : sequence
+        Also read in the event (e.g. the rotation stage itself).
+    stream : str
+    checkpoint : bool
+        Begin with a checkpoint (step scans). A fly scan's projections have none: the
+        rotation does not stop between them, so a pause re-takes the whole rotation from
+        the checkpoint before it, every projection under its own label again.
+    """
+    if checkpoint:
+        yield from bps.checkpoint()
+    yield from bps.mv(label.type, "sample", label.energy_index, int(energy_index), label.repeat, int(index),
+                      label.energy_ev, float(energy_ev), detector.frame_type, "sample")
+    return (yield from bps.trigger_and_read([angle, detector, label, *readables], name=stream))
+
+
 def acquire_frames(detector, label, n: int, *, frame_type: str = "sample", energy_index: int,
-                   energy_ev: float = math.nan, readables: Sequence = (), stream: str = "primary"):
-    """``n`` labelled frames (repeats 0 … n-1) of one type at one energy; each checkpointed."""
-    for repeat in range(int(n)):
+                   energy_ev: float = math.nan, readables: Sequence = (), stream: str = "primary",
+                   first_repeat: int = 0):
+    """``n`` labelled frames (repeats ``first_repeat`` … ``first_repeat + n - 1``) of one type at
+    one energy; each checkpointed."""
+    for repeat in range(int(first_repeat), int(first_repeat) + int(n)):
         yield from acquire_frame(detector, label, frame_type=frame_type, energy_index=energy_index,
                                  repeat=repeat, energy_ev=energy_ev, readables=readables, stream=stream)
 
@@ -114,7 +151,7 @@ def take_darks(detector, label, shutter, n: int, *, readables: Sequence = (), st
 
 def take_flats(detector, label, sample_stage, n: int, *, sample_in_um: tuple[float, float],
                sample_out_um: tuple[float, float], energy_index: int, energy_ev: float,
-               readables: Sequence = (), stream: str = "flat"):
+               readables: Sequence = (), stream: str = "flat", first_repeat: int = 0):
     """Move the sample out, take ``n`` flats, move it back in.
 
     Parameters
@@ -125,8 +162,12 @@ def take_flats(detector, label, sample_stage, n: int, *, sample_in_um: tuple[flo
         the same place.
     energy_index, energy_ev
         The energy the flats belong to (its label).
+    first_repeat : int
+        ``repeat`` of the first flat (a second set at the same energy, e.g. a tomography's
+        flats after the rotation, continues the numbering so every flat has its own label).
     """
     yield from move_sample(sample_stage, *sample_out_um)
     yield from acquire_frames(detector, label, n, frame_type="flat", energy_index=energy_index,
-                              energy_ev=energy_ev, readables=readables, stream=stream)
+                              energy_ev=energy_ev, readables=readables, stream=stream,
+                              first_repeat=first_repeat)
     yield from move_sample(sample_stage, *sample_in_um)
