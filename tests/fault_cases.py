@@ -902,7 +902,7 @@ def check_shift_beyond_search_range(ctx: FaultContext) -> Outcome:
         final = "final maps computed"
     except ValueError as exc:  # the misplaced frame can spoil the mean spectrum the fit is planned on
         final = f"final maps failed: {exc}"
-    said = "\n".join(pipe.notes)
+    said = "\n".join(pipe.notes + list(getattr(pipe, "quality_warnings", [])))
     assert f"energy_index={BAD_ENERGY_INDEX}" in said and "registration" in said.lower(), (
         f"nothing said about the frame registration could not place (shift found "
         f"{np.round(pipe.shifts[BAD_ENERGY_INDEX], 1).tolist()} px for a {jump_um:.0f} µm jump; {final}); "
@@ -973,9 +973,7 @@ def bad_input_cases() -> list[Case]:
              check_file_truncated),
         Case("registration shift beyond search range", "bad input",
              "the notes name the frame whose shift registration could not find",
-             check_shift_beyond_search_range,
-             known_failure="phase correlation wraps shifts beyond ±half the field and returns a wrong shift "
-                           "silently; the registration module has no quality measure for the pipeline to report"),
+             check_shift_beyond_search_range),
         Case("a sink of the live analysis raises", "analysis",
              "scan and analysis success; the failures are recorded; next scan succeeds", check_broken_sink),
         Case("preview folder unusable", "analysis",
