@@ -72,6 +72,12 @@ FRAME_TYPES = ("dark", "flat", "sample")
 #: ``energy_index`` of frames not taken at an energy of the list (darks).
 NO_ENERGY_INDEX = -1
 REGISTRATION_MODES = ("running_mean", "reference", "neighbour", "none")
+#: A flat whose median lies fewer than this many dark-noise sigmas above the dark saw no beam.
+FLAT_MIN_SIGNAL_TO_NOISE = 10.0
+#: A sample frame with a finite absorbance in fewer than this fraction of its pixels is reported.
+MIN_FINITE_FRACTION = 0.5
+#: Median absolute deviation → standard deviation of a normal distribution.
+MAD_TO_SIGMA = 1.4826
 #: ``Xanes2DPipeline.quality``: nothing to report, or see ``quality_warnings``.
 QUALITY_OK, QUALITY_SUSPECT = "ok", "suspect"
 
@@ -237,8 +243,21 @@ class _FlatDarkState:
         else:
             stack = np.stack([f.image for f in frames]).astype(np.float32)
             flat = self.clean(np.median(stack, axis=0) if len(stack) > 1 else stack[0])
+        self._check_flat_above_dark(position, flat)
         self.flats[position] = flat
         return flat
+
+    def _check_flat_above_dark(self, position: int, flat: np.ndarray) -> None:
+        """Raise when the flat is no brighter than the dark (shutter closed, beam off, wrong frames)."""
+        if self.dark is None or not np.any(self.dark):
+            return  # no dark measured: nothing to compare with
+        signal = float(np.nanmedian(flat - self.dark))
+        noise = float(np.nanmedian(np.abs(self.dark - np.nanmedian(self.dark)))) * MAD_TO_SIGMA + 1.0
+        if not signal > FLAT_MIN_SIGNAL_TO_NOISE * noise:
+            raise ValueError(
+                f"the flat of flat set {position} is only {signal:.1f} counts above the dark (median), "
+                f"expected at least {FLAT_MIN_SIGNAL_TO_NOISE:g} x the dark's noise ({noise:.1f} counts): "
+                "no beam on the detector (shutter closed? beam lost?); the frames cannot be corrected")
 
     def correct(self, frame: _Frame, flat: np.ndarray) -> np.ndarray:
         raw = frame.cleaned if frame.cleaned is not None else self.clean(frame.image)
@@ -499,6 +518,11 @@ class Xanes2DPipeline:
             return None
         darks = sorted(label for label in self._frames if label.frame_type == "dark"
                        and self._usable(label, final))
+        if len(darks) < self.layout.n_darks:
+            self.notes.append(
+                f"{len(darks)} of the {self.layout.n_darks} planned dark frames arrived; "
+                + ("the dark is taken as 0 counts, so the absorbance is biased by the detector's offset"
+                   if not darks else "the dark is the median of those"))
         shape = next(iter(self._frames.values())).image.shape
         return self._state.combine_dark([self._take(label).image for label in darks], shape)
 
@@ -557,6 +581,12 @@ class Xanes2DPipeline:
         return steps
 
     def _register(self, label: FrameLabel, absorbance: np.ndarray) -> FrameAligned:
+        finite = float(np.isfinite(absorbance).mean())
+        if finite < MIN_FINITE_FRACTION:
+            self.notes.append(
+                f"sample frame {label} ({self.layout.energies_ev[label.energy_index]:g} eV): only {finite:.0%} of "
+                "its pixels have a finite absorbance (non-finite counts, or not above the dark); the maps "
+                "rest on the other energies there")
         if self._aligner is None:
             shift, aligned = (0.0, 0.0), absorbance.astype(np.float32, copy=False)
         else:
@@ -580,7 +610,9 @@ class Xanes2DPipeline:
         self._n_stack += 1
         if self.sample_mask is None:
             self.sample_mask = sample_mask(image)
-        value = float(np.nanmean(image[self.sample_mask])) if self.sample_mask.any() else float("nan")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a frame with no finite pixel: noted in _register
+            value = float(np.nanmean(image[self.sample_mask])) if self.sample_mask.any() else float("nan")
         self.mean_spectrum.append(value)
         steps: list = [EnergyCompleted(energy_index, float(self.layout.energies_ev[energy_index]), value,
                                        self._n_stack)]

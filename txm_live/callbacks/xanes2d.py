@@ -112,6 +112,7 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         super().__init__()
         self.raw_start = start
         self.preview = preview
+        self._preview_problem: str | None = None
         self.errors: list[str] = []
         self.failed = False
         self.finished = False
@@ -269,15 +270,27 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
             self.preview.update(self.preview_state(final=final), final=final)
         except Exception as exc:  # a preview never fails the analysis
             logger.warning("preview failed: %r", exc)
+            if self.preview_problem is None:
+                self.preview_problem = f"previews not written: {type(exc).__name__}: {exc}"
+
+    @property
+    def preview_problem(self) -> str | None:
+        """Why previews are not written (reported in the status notes); None when they are."""
+        return self._preview_problem or getattr(self.preview, "error", None)
+
+    @preview_problem.setter
+    def preview_problem(self, value: str | None) -> None:
+        self._preview_problem = value
 
     # ---- the end ------------------------------------------------------------------------
-    def _final_maps(self, raw_status: str) -> None:
+    def _final_maps(self, complete: bool) -> None:
         try:
             self._emit_maps(self.pipeline.fit_final())
         except Exception as exc:
-            if raw_status == "success":
+            if complete:
                 self._fail("final maps", exc)
-            else:  # an interrupted scan may lack the pre-edge: a partial result, not a failure
+            else:  # an interrupted scan (stopped, aborted, halted) may lack the pre-edge: a partial
+                # result, not a failure; RE.stop() closes the raw run 'success' all the same
                 self.errors.append(f"final maps unavailable from the partial data: {type(exc).__name__}: {exc}")
                 logger.warning("run %s: %s", self.raw_start.get("uid"), self.errors[-1])
 
@@ -285,26 +298,35 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         if self.finished:
             return
         self.finished = True
-        raw_status = raw_stop.get("exit_status", "success")
         if not self.failed:
-            self._final_maps(raw_status)
+            self._final_maps(complete=not self._partial(raw_stop))
         if not self.failed:
             self._preview(final=True)
         self._reader.close()
         self._emit_status(raw_stop)
 
+    def _counts(self) -> tuple[int, int]:
+        """Sample frames analysed and planned."""
+        n_frames = len(self.pipeline.shifts) if self.pipeline is not None else 0
+        return n_frames, self.layout.n_sample_frames if self.layout is not None else 0
+
+    def _partial(self, raw_stop) -> bool:
+        """The raw run did not succeed, or not every planned frame was analysed (a stopped scan)."""
+        n_frames, planned = self._counts()
+        return not (raw_stop.get("exit_status", "success") == "success" and n_frames == planned)
+
     def _emit_status(self, raw_stop) -> None:
         raw_status = raw_stop.get("exit_status", "success")
         pipe = self.pipeline
-        n_frames = len(pipe.shifts) if pipe is not None else 0
-        planned = self.layout.n_sample_frames if self.layout is not None else 0
+        n_frames, planned = self._counts()
         n_energies = len(pipe.stack) if pipe is not None else 0
-        notes = (pipe.notes if pipe is not None else []) + self.frames.notes
+        notes = (pipe.notes if pipe is not None else []) + self.frames.notes + (
+            [self.preview_problem] if self.preview_problem else [])
         quality_warnings = pipe.quality_warnings if pipe is not None else []
         quality = pipe.quality if pipe is not None else QUALITY_SUSPECT
         for warning in quality_warnings:
             logger.warning("analysis of run %s is suspect: %s", self.raw_start.get("uid"), warning)
-        partial = not (raw_status == "success" and n_frames == planned)
+        partial = self._partial(raw_stop)
         self.run.flush()
         self.run.describe("status", _STATUS_KEYS)
         self.run.event("status", {
