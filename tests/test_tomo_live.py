@@ -167,11 +167,13 @@ def test_replay_reproduces_the_volume(fly):
     replayed = runs[new_uid]
     assert replayed.metadata["start"]["replay"] is True and replayed.metadata["stop"]["exit_status"] == "success"
     # the same numbers up to float32 rounding: ducc0's multithreaded gridding may sum in
-    # another order (measured: identical, or differences up to 9e-8 on values ~1e-2)
+    # another order (measured: identical, or differences up to 9e-8 on values ~1e-2; 6e-7
+    # = 1.8e-5 of the maximum once, under load in two pytest workers); 1e-4 of the maximum
+    # stays far below the volume's own error against the phantom (NRMSE 0.18).
     live_volume = read_volume(analysis)
     print(f"replay: max |difference| {np.abs(read_volume(replayed) - live_volume).max():.2e}")
     np.testing.assert_allclose(read_volume(replayed), live_volume, rtol=0,
-                               atol=1e-5 * float(np.abs(live_volume).max()))
+                               atol=1e-4 * float(np.abs(live_volume).max()))
     assert (replayed["reconstruction"]["center_px"].read()[0]
             == pytest.approx(analysis["reconstruction"]["center_px"].read()[0], abs=1e-6))
 

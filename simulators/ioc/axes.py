@@ -62,7 +62,7 @@ BEAMLINE_AXES = {
     "sample_stage.x": AxisSpec("um", 500.0, 0.2, -10000.0, 10000.0),
     "sample_stage.y": AxisSpec("um", 500.0, 0.2, -10000.0, 10000.0),
     "sample_stage.z": AxisSpec("um", 500.0, 0.2, -10000.0, 10000.0),
-    "sample_stage.r": AxisSpec("deg", 3.0, 0.0, -720.0, 720.0),
+    "sample_stage.r": AxisSpec("deg", 30.0, 0.0, -720.0, 720.0),  # positioning speed; a fly scan sets VELO
 }
 
 
