@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-import traceback
 
-import event_model
 import numpy as np
 
 from txm_live.analysis import TomoPipeline, TomoSlice, TomoVolume
@@ -37,6 +35,7 @@ from txm_live.analysis import TomoPipeline, TomoSlice, TomoVolume
 from ._bookkeeping import FrameRef, LabelledFrames
 from ._emit import AnalysisRun, array_key, scalar_key
 from ._frames import FrameReader
+from ._guarded import GuardedFrameAnalysis
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def _slice_keys(nx: int) -> dict:
             "flat_source": scalar_key("string")}
 
 
-class TomoAnalysis(event_model.DocumentRouter):
+class TomoAnalysis(GuardedFrameAnalysis):
     """Preview slices during the scan and the volume after it, for one tomography run.
 
     Parameters
@@ -89,6 +88,8 @@ class TomoAnalysis(event_model.DocumentRouter):
     page_interval_s : float
         Least time between two pages of buffered rows.
     """
+
+    analysis_label = "live tomography analysis"
 
     def __init__(self, start, emit, *, preview=None, replay: bool = False, center_px: float | None = None,
                  algorithm: str = "nufft", algorithm_options: dict | None = None,
@@ -128,34 +129,6 @@ class TomoAnalysis(event_model.DocumentRouter):
                 "analysis": TOMO_ANALYSIS_NAME, "analysis_parameters": parameters,
                 "scan_type": start.get("scan_type"), "energy_ev": start.get("energy_ev"),
                 "pixel_size_nm": start.get("pixel_size_nm"), "replay": bool(replay)}
-
-    # ---- guarding: analysis errors are recorded, never raised ---------------------
-    def _fail(self, where: str, exc: BaseException) -> None:
-        self.errors.append(f"{where}: {type(exc).__name__}: {exc}")
-        self.failed = True
-        logger.error("live tomography analysis of run %s failed in %s\n%s", self.raw_start.get("uid"), where,
-                     "".join(traceback.format_exception(exc)))
-
-    def __call__(self, name, doc, validate=False):
-        if self.finished or (self.failed and name != "stop"):
-            return None  # after a failure only the stop document matters
-        try:
-            return super().__call__(name, doc, validate=validate)
-        except Exception as exc:
-            self._fail(f"{name} document", exc)
-            if name == "stop":
-                self._finish(doc)
-        return None
-
-    # ---- raw documents: bookkeeping ----------------------------------------------
-    def descriptor(self, doc):
-        self.frames.descriptor(doc)
-
-    def stream_resource(self, doc):
-        self.frames.stream_resource(doc)
-
-    def stream_datum(self, doc):
-        self._add(self.frames.stream_datum(doc))
 
     def event(self, doc):
         data = doc["data"]

@@ -23,9 +23,7 @@ log warning.
 from __future__ import annotations
 
 import logging
-import traceback
 
-import event_model
 import numpy as np
 
 from txm_live.analysis import (
@@ -40,6 +38,7 @@ from txm_live.analysis import (
 from ._bookkeeping import FrameRef, LabelledFrames
 from ._emit import AnalysisRun, maps_data_keys, scalar_key
 from ._frames import FrameReader
+from ._guarded import GuardedFrameAnalysis
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def layout_from_start(start: dict) -> XanesScanLayout:
     )
 
 
-class Xanes2DAnalysis(event_model.DocumentRouter):
+class Xanes2DAnalysis(GuardedFrameAnalysis):
     """Flat/dark, registration and XANES maps of one ``scan_type='xanes2d'`` run.
 
     Parameters
@@ -104,6 +103,8 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
         :func:`~txm_live.analysis.remove_zingers` threshold (darks and flats cleaned once,
         each frame as it comes); None: off.
     """
+
+    analysis_label = "live XANES analysis"
 
     def __init__(self, start, emit, *, preview=None, registration_mode: str = "running_mean",
                  fit_params: dict | None = None, partial_every: int = 10,
@@ -147,37 +148,6 @@ class Xanes2DAnalysis(event_model.DocumentRouter):
             "energies_ev": list(start.get("energies_ev") or []), "pixel_size_nm": start.get("pixel_size_nm"),
             "replay": bool(replay),
         }
-
-    # ---- guarding: analysis errors are recorded, never raised ---------------------
-    def _fail(self, where: str, exc: BaseException) -> None:
-        self.errors.append(f"{where}: {type(exc).__name__}: {exc}")
-        self.failed = True
-        logger.error("live XANES analysis of run %s failed in %s\n%s", self.raw_start.get("uid"), where,
-                     "".join(traceback.format_exception(exc)))
-
-    def __call__(self, name, doc, validate=False):
-        if self.finished or (self.failed and name != "stop"):
-            return None  # after a failure only the stop document matters
-        try:
-            return super().__call__(name, doc, validate=validate)
-        except Exception as exc:
-            self._fail(f"{name} document", exc)
-            if name == "stop":
-                self._finish(doc)
-        return None
-
-    # ---- raw documents: bookkeeping ----------------------------------------------
-    def descriptor(self, doc):
-        self.frames.descriptor(doc)
-
-    def stream_resource(self, doc):
-        self.frames.stream_resource(doc)
-
-    def stream_datum(self, doc):
-        self._add(self.frames.stream_datum(doc))
-
-    def event(self, doc):
-        self._add(self.frames.event(doc))
 
     def stop(self, doc):
         if not self.failed:
