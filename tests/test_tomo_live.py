@@ -174,8 +174,11 @@ def test_replay_reproduces_the_volume(fly):
     print(f"replay: max |difference| {np.abs(read_volume(replayed) - live_volume).max():.2e}")
     np.testing.assert_allclose(read_volume(replayed), live_volume, rtol=0,
                                atol=1e-4 * float(np.abs(live_volume).max()))
+    # the centre search reconstructs trial slices with the same threaded gridding: measured
+    # equal, or 2.1e-5 px apart (a clean clone in two pytest workers); 1e-3 px is 10x below
+    # the centre's own error against the truth (0.010 px)
     assert (replayed["reconstruction"]["center_px"].read()[0]
-            == pytest.approx(analysis["reconstruction"]["center_px"].read()[0], abs=1e-6))
+            == pytest.approx(analysis["reconstruction"]["center_px"].read()[0], abs=1e-3))
 
 
 def test_analyze_an_exported_fly_scan_gives_the_live_volume(fly, tmp_path, capsys):
