@@ -25,9 +25,10 @@ from txm_live.plans.xanes3d import XANES3D_GROUP_KEYS
 
 DETECTOR = (16, 32)
 N_PROJECTIONS = 24
-#: 8 energies (the fewest a fit takes): pre-edge, across the edge, post-edge
-ENERGIES = xanes_energy_list(8333.0, pre_edge_ev=(-30, -10), pre_edge_step_ev=10, near_edge_ev=(-10, 14),
-                             near_edge_step_ev=6.0, post_edge_ev=(14, 50), post_edge_step_ev=36)
+#: 10 energies, about the fewest ``fit_xanes`` takes (2 pre-edge, 3 across the edge, 3 in
+#: the whiteline range, post-edge to +50 eV)
+ENERGIES = xanes_energy_list(8333.0, pre_edge_ev=(-28, -10), pre_edge_step_ev=9, near_edge_ev=(-10, 14),
+                             near_edge_step_ev=8.0, post_edge_ev=(14, 50), post_edge_step_ev=9)
 
 
 def _beamline(tmp_path, *, focus_mode="zp_and_detector"):
@@ -97,7 +98,7 @@ def test_focus_follows_the_energy_in_every_frame(group):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"energies": ENERGIES[:5]}, "needs at least 8"),
+    ({"energies": ENERGIES[:7]}, "has 7 energies; a 3D XANES fit needs at least 8"),
     ({"energies": np.r_[ENERGIES, ENERGIES[:1]]}, "repeats energies"),
     ({"energies": np.r_[ENERGIES[:-1], 40000.0]}, "outside the range the optics support"),
     ({"energies": np.r_[ENERGIES[:-1], np.nan]}, "non-finite"),
@@ -192,3 +193,38 @@ def test_an_analysis_failure_never_stops_the_scan(tmp_path):
     assert stop["exit_status"] == "fail" and "PARTIAL" in stop["reason"]
     assert "energy 0: " in stop["reason"] and "not_a_folder" in stop["reason"]
     assert f"missing {list(range(ENERGIES.size))}" in stop["reason"]
+
+
+def test_a_pause_during_a_rotation_retakes_it_and_the_group_completes(tmp_path):
+    bl = _beamline(tmp_path / "frames")
+    RE = RunEngine({}, call_returns_result=False)
+    analysis_docs = []
+    live = LiveAnalysis(None, sinks=[lambda name, doc: analysis_docs.append((name, doc))])
+    RE.subscribe(live)
+    raw = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    _pause_at_energy(RE, bl, index=1, after_frames=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RunEngineInterrupted):
+            RE(_plan(bl))
+        assert RE.state == "paused"
+        uids = RE.resume()
+        assert live.wait(120)
+    assert len(uids) == ENERGIES.size
+    starts = [d for n, d in raw if n == "start"]
+    stops = [d for n, d in raw if n == "stop"]
+    assert [s["exit_status"] for s in stops] == ["success"] * ENERGIES.size
+    # the paused energy re-took its rotation from the checkpoint before it: every projection
+    # once more under its own label, the file's rows overwritten by the re-takes
+    descriptors = {d["uid"]: d for n, d in raw if n == "descriptor"}
+    paused_primary = [d for n, d in raw if n == "event" and descriptors[d["descriptor"]]["name"] == "primary"
+                      and descriptors[d["descriptor"]]["run_start"] == starts[1]["uid"]]
+    n = starts[1]["n_projections"]
+    assert n < len(paused_primary) <= n + 10 and stops[1]["num_events"]["primary"] == n
+    assert sorted({e["data"]["frame_repeat"] for e in paused_primary}) == list(range(n))
+    (stop,) = [d for n_, d in analysis_docs if n_ == "stop"]
+    assert stop["exit_status"] == "success", stop["reason"]
+    assert f"{ENERGIES.size}/{ENERGIES.size} energies; volume fitted" \
+        in stop["reason"]
+    assert live.failures == []

@@ -21,6 +21,8 @@ __all__ = ["run_xanes3d_demo"]
 #: Detector rows × columns of the demo's 3D XANES (32 slices of 96²).
 DEMO_DETECTOR = (32, 96)
 DEMO_PROJECTIONS = 60
+#: Raw events per Tiled write during the 3D XANES scan.
+RAW_BATCH_SIZE = 100
 
 
 def _energies():
@@ -91,6 +93,12 @@ def run_xanes3d_demo(session, args) -> None:
     truth = []
     token = session.RE.subscribe(lambda name, doc: truth.append(_scan_truth(bl.detector.truth_for("sample"),
                                                                             DEMO_DETECTOR)) if name == "stop" else None)
+    # ~1000 raw frames: their events go to Tiled in pages of 100 (each write is an HTTP
+    # round trip), the analysis rows one by one as they come; the writer reads its batch
+    # sizes at each run's start document
+    writer = session.writer
+    batch_sizes = writer.batch_size, writer.analysis_batch_size
+    writer.batch_size, writer.analysis_batch_size = RAW_BATCH_SIZE, 1
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -101,6 +109,7 @@ def run_xanes3d_demo(session, args) -> None:
             session.live.wait(600)
     finally:
         session.RE.unsubscribe(token)
+        writer.batch_size, writer.analysis_batch_size = batch_sizes
     wall = time.perf_counter() - t0
     (analysis_uid,) = {a for u in uids for a in session.live.analysis_uids.get(u, [])}
     analysis = session.server.client()[analysis_uid]

@@ -277,9 +277,9 @@ class Xanes3DGroup:
                                   "notes": "\n".join(notes), "store": store})
         exit_status = "fail" if self.failed else (raw_status if raw_status != "success" else
                                                   ("abort" if partial else "success"))
-        reason = (f"{len(self.used)}/{self.n_planned} energies"
-                  + ("; volume fitted" if fitted else "; PARTIAL result") + "; " + "; ".join(notes)
-                  + (f"; analysis errors: {'; '.join(self.errors)}" if self.errors else ""))
+        parts = [f"{len(self.used)}/{self.n_planned} energies", "volume fitted" if fitted else "PARTIAL result",
+                 *notes] + ([f"analysis errors: {'; '.join(self.errors)}"] if self.errors else [])
+        reason = "; ".join(parts)
         self.run.stop(exit_status, reason)
 
 
