@@ -44,8 +44,8 @@ ENERGIES = xanes_energy_list(8333.0, pre_edge_ev=(-30, -10), pre_edge_step_ev=10
 
 #: The energies of the focus control (8, the fewest a scan takes), highest and lowest included.
 FOCUS_CONTROL = [0, 1, 3, 5, 7, 9, 11, 12]
-#: Slices the no-registration control reconstructs (registration is the same on every slice).
-CONTROL_ROWS = slice(8, 24)
+#: Slices the no-registration control reconstructs (8 of the 32: registration is the same on every slice).
+CONTROL_ROWS = slice(12, 20)
 
 
 def _config():
@@ -194,7 +194,7 @@ def test_registration_recovers_the_true_drift(scan):
 
 
 def test_whiteline_without_registration_fails(scan, tmp_path):
-    """The raw frames (the detector's files; 16 of the 32 rows, the angles recorded in the
+    """The raw frames (the detector's files; 8 of the 32 rows, the angles recorded in the
     events, read from Tiled) through the pipeline with no registration."""
     import h5py
 
@@ -215,7 +215,7 @@ def test_whiteline_without_registration_fails(scan, tmp_path):
     r, rms, _ = _scores(res["whiteline"][:], res["mask"][:], type(voxels)(*(a[rows] for a in (
         voxels.occupancy, voxels.oxidation_state, voxels.whiteline_ev, voxels.edge_ev, voxels.mask))))
     print(f"no registration: r {r:.3f}, RMS {rms:.3f} eV")
-    assert r < 0.5 and rms > 0.7  # achieved r 0.116, RMS 1.07 eV (registered, these slices: ~0.9, 0.3 eV)
+    assert r < 0.5 and rms > 0.7  # achieved r 0.100, RMS 1.11 eV (registered, whole volume: 0.897, 0.307 eV)
 
 
 def test_the_preview_shows_the_chemistry_before_the_last_energy(scan):
