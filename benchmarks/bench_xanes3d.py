@@ -198,6 +198,17 @@ def part_fit(workdir: Path, shape4, repeat: int):
     shutil.rmtree(path)
 
 
+def _drop_page_cache() -> bool:
+    """Flush and drop Linux's page cache (root only), so a read comes from the disk and not
+    from RAM; False where not permitted (the figures then say so)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
 def part_ooc(workdir: Path, target_gb: float):
     import dask.array as da
 
@@ -218,18 +229,22 @@ def part_ooc(workdir: Path, target_gb: float):
     gb = np.prod(shape4) * 4 / 1e9
     slab = store.slab * int(max(1, FIT_CHUNK_BYTES // (4 * n_e * nx * nx * store.slab)))  # as fit_store
     stack = da.from_zarr(store.volumes, chunks=(n_e, slab, nx, nx))
+    dropped = _drop_page_cache()
     t0 = time.perf_counter()
     stack.map_blocks(lambda b: np.zeros((1, 1, 1, 1), np.float32), chunks=(1, 1, 1, 1)).compute()
     t_read = time.perf_counter() - t0
+    dropped &= _drop_page_cache()
     t0 = time.perf_counter()
     fit = fit_store(path)
     t_fit = time.perf_counter() - t0
-    t0 = time.perf_counter()  # the read again: the page cache may have changed (RAM vs stack)
+    dropped &= _drop_page_cache()
+    t0 = time.perf_counter()  # the read again: the disk's speed varies between minutes
     stack.map_blocks(lambda b: np.zeros((1, 1, 1, 1), np.float32), chunks=(1, 1, 1, 1)).compute()
     t_read = min(t_read, time.perf_counter() - t0)
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     print(f"out of core: stack {shape4} float32 = {gb:.1f} GB on disk (written in {t_write:.0f} s), "
-          f"chunks of {slab} slices; {mem_gb:.0f} GB RAM; load average {os.getloadavg()[0]:.1f}")
+          f"chunks of {slab} slices; {mem_gb:.0f} GB RAM; load average {os.getloadavg()[0]:.1f}; page cache "
+          f"{'dropped before each read and the fit' if dropped else 'NOT dropped (not root): reads may come from RAM'}")
     print(f"  read every chunk (dask threads) : {t_read:7.1f} s (best of 2)  {gb / t_read:5.2f} GB/s")
     print(f"  fit_store (read + fit + write)  : {t_fit:7.1f} s  {gb / t_fit:5.2f} GB/s  "
           f"= {t_fit / t_read:.2f}x the read  ({fit.status_counts.get('ok', 0)} voxels fitted)")
