@@ -134,6 +134,7 @@ class Xanes3DGroup:
         self.preview_png = preview
         if preview is not None and hasattr(preview, "render"):
             preview.render = render_xanes3d_preview
+            preview.name = f"{self.group_uid[:8]}_xanes3d"  # one PNG per scan, named by its group
         self.pipeline = None
         self.finished = False
         self.failed = False

@@ -103,7 +103,6 @@ def xanes3d_documents(store_path, *, parent_uid: str | None = None, parent_start
         Extra start-document keys (they win).
     """
     import event_model
-    from event_model import StreamRange
 
     store = Xanes3DStore.open(store_path, mode="r")
     bundle = event_model.compose_run(metadata=_start_metadata(store, parent_uid, parent_start, metadata))
