@@ -35,7 +35,7 @@ from .phantom import NMCPhantom, make_nmc_phantom
 from .stacks import SAMPLE_OUT_X_UM
 
 __all__ = ["TomoScan", "simulate_tomo_scan", "attenuation_volume", "make_tomo_phantom",
-           "make_tomo_sim", "project_rows", "DEFAULT_TOMO_ENERGY_EV"]
+           "make_tomo_sim", "particle_subsamples", "project_rows", "DEFAULT_TOMO_ENERGY_EV"]
 
 #: Above the Ni K edge (8333 eV): Ni absorbs, the NMC particles show with good contrast.
 DEFAULT_TOMO_ENERGY_EV = 8400.0
@@ -365,17 +365,33 @@ def attenuation_volume(sim: SimTXM, energy_ev: float = DEFAULT_TOMO_ENERGY_EV, *
     return (acc * p).astype(np.float32)
 
 
-def _add_particle(acc, part, axes, ss, mu, grid):
-    """Add one particle's sub-sample-averaged attenuation (1/µm) into ``acc`` (y, z, x)."""
+def particle_subsamples(part, axes, ss):
+    """One particle's sub-samples on a voxel grid (shared by :func:`attenuation_volume` and
+    :func:`simulators.xanes3d.voxel_truth`).
+
+    Parameters
+    ----------
+    part : phantom particle (``center_um``, ``radius_um``, ``voids``, ``valence_at``)
+    axes : (ndarray, ndarray, ndarray)
+        Sub-sample coordinates (µm) along y, z, x, ``ss`` per voxel.
+    ss : int
+        Sub-samples per voxel edge.
+
+    Returns
+    -------
+    None when the particle misses the grid, else ``(spans, r, inside)``: the voxel ranges
+    ``((y0, y1), (z0, z1), (x0, x1))`` of its bounding box, the sub-samples' distance to
+    its centre (µm) and whether each is material (inside the sphere, outside its voids),
+    both ``(ss·Δy, ss·Δz, ss·Δx)``.
+    """
     cx, cy, cz = part.center_um
     rad = part.radius_um
     spans = []
     for ax, c in zip(axes, (cy, cz, cx)):
         idx = np.flatnonzero(np.abs(ax - c) <= rad)
         if idx.size == 0:
-            return
-        lo, hi = idx[0] // ss, idx[-1] // ss + 1  # whole voxels
-        spans.append((lo, hi))
+            return None
+        spans.append((idx[0] // ss, idx[-1] // ss + 1))  # whole voxels
     (y0, y1), (z0, z1), (x0, x1) = spans
     yy = (axes[0][y0 * ss : y1 * ss] - cy)[:, None, None]
     zz = (axes[1][z0 * ss : z1 * ss] - cz)[None, :, None]
@@ -387,6 +403,15 @@ def _add_particle(acc, part, axes, ss, mu, grid):
         d = (xx + cx - c[0], yy + cy - c[1], zz + cz - c[2])  # (x, y, z) from the void centre
         q = sum(a[i, j] * d[i] * d[j] for i in range(3) for j in range(3))
         inside &= q > 1.0
+    return tuple(spans), r, inside
+
+
+def _add_particle(acc, part, axes, ss, mu, grid):
+    """Add one particle's sub-sample-averaged attenuation (1/µm) into ``acc`` (y, z, x)."""
+    found = particle_subsamples(part, axes, ss)
+    if found is None:
+        return
+    ((y0, y1), (z0, z1), (x0, x1)), r, inside = found
     level = np.searchsorted(0.5 * (grid[1:] + grid[:-1]), part.valence_at(r[inside]))
     val = np.zeros(r.shape)
     val[inside] = mu[level]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import SimConfig, SimTXM
-from .tomography import TomoScan, make_tomo_sim, simulate_tomo_scan
+from .tomography import TomoScan, make_tomo_sim, particle_subsamples, simulate_tomo_scan
 
 __all__ = ["Xanes3DScan", "VoxelTruth", "iter_xanes3d_scan", "simulate_xanes3d_scan",
            "make_xanes3d_sim", "voxel_truth", "ENERGY_CHANGE_S"]
@@ -207,25 +207,10 @@ def voxel_truth(sim: SimTXM, *, rows=None, shift_px=(0.0, 0.0, 0.0), supersample
 def _add_particle_levels(part, axes, ss, grid, shape, occ, vsum):
     """Accumulate one particle's material fraction and valence sum; return its per-level
     fractions as (flat voxel index, level, fraction) arrays, or None out of view."""
-    cx, cy, cz = part.center_um
-    rad = part.radius_um
-    spans = []
-    for ax, c in zip(axes, (cy, cz, cx)):
-        idx = np.flatnonzero(np.abs(ax - c) <= rad)
-        if idx.size == 0:
-            return None
-        spans.append((idx[0] // ss, idx[-1] // ss + 1))
-    (y0, y1), (z0, z1), (x0, x1) = spans
-    yy = (axes[0][y0 * ss: y1 * ss] - cy)[:, None, None]
-    zz = (axes[1][z0 * ss: z1 * ss] - cz)[None, :, None]
-    xx = (axes[2][x0 * ss: x1 * ss] - cx)[None, None, :]
-    r = np.sqrt(xx * xx + yy * yy + zz * zz)
-    inside = r <= rad
-    for void in part.voids:
-        c, a = void.quadric(0.0)
-        d = (xx + cx - c[0], yy + cy - c[1], zz + cz - c[2])
-        q = sum(a[i, j] * d[i] * d[j] for i in range(3) for j in range(3))
-        inside &= q > 1.0
+    found = particle_subsamples(part, axes, ss)
+    if found is None:
+        return None
+    ((y0, y1), (z0, z1), (x0, x1)), r, inside = found
     valence = np.where(inside, part.valence_at(r), 0.0)
     level = np.searchsorted(0.5 * (grid[1:] + grid[:-1]), valence)
     box = (y1 - y0, z1 - z0, x1 - x0)

@@ -15,6 +15,9 @@ What it does, in order:
    the volume after it; the demo compares the centre and the volume with the truth
    (``--tomo-projections 0`` skips it).
 6. runs a short operando session (:mod:`txm_live.demo_operando`; ``--no-operando`` skips it).
+7. runs a short 3D XANES scan (``xanes_3d``, one tomography run per energy) analysed live:
+   per-voxel whiteline vs the truth, PNGs of a slice (:mod:`txm_live.demo_xanes3d`;
+   ``--no-xanes3d`` skips it).
 
 The catalog stays on disk: ``txm-live serve OUTPUT`` serves it again.
 """
@@ -43,6 +46,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="motors and exposures take beamline time (a scan takes minutes)")
     parser.add_argument("--no-operando", action="store_true",
                         help="skip the short operando session (txm_live.demo_operando)")
+    parser.add_argument("--no-xanes3d", action="store_true",
+                        help="skip the short 3D XANES scan (txm_live.demo_xanes3d)")
 
 
 @dataclass
@@ -254,6 +259,10 @@ def run_demo(args) -> int:
             from .demo_operando import run_operando_demo
 
             run_operando_demo(session, args.seed)
+        if not args.no_xanes3d:
+            from .demo_xanes3d import run_xanes3d_demo
+
+            run_xanes3d_demo(session, args)
         print(f"Done. Serve the catalog again with: txm-live serve {out}  (runs: {uid})")
     finally:
         session.server.close()

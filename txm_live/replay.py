@@ -77,6 +77,21 @@ def documents_with_row_seq_nums(run):
         yield name, doc
 
 
+def group_runs(client, run) -> list:
+    """The runs to replay for ``run``: itself, or every run of its 3D XANES scan in energy
+    order when it is one energy of a :func:`txm_live.plans.xanes_3d` group (its analysis
+    spans the group's runs)."""
+    from tiled.queries import Key
+
+    start = run.metadata["start"]
+    group_uid = start.get("xanes3d_uid")
+    if not group_uid:
+        return [run]
+    found = client.search(Key("start.xanes3d_uid") == group_uid)
+    runs = [found[u] for u in found]
+    return sorted(runs, key=lambda r: int(r.metadata["start"].get("xanes3d_index", 0)))
+
+
 def replay(uid: str, client, *, results_client=None, progress: bool = True, timeout: float | None = 600.0,
            preview_dir=None, sinks=(), path_map=(), **options) -> list[str]:
     """Feed the stored run ``uid`` through the live analysis; return the new analysis uids.
@@ -84,7 +99,9 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
     Parameters
     ----------
     uid : str
-        The raw run (scan id prefixes are not resolved; give the uid).
+        The raw run (scan id prefixes are not resolved; give the uid). A run of a 3D
+        XANES scan replays the scan's every energy run (:func:`group_runs`), and returns
+        the group's analysis run.
     client : tiled client
         Where the raw run is stored.
     results_client : tiled client, optional
@@ -112,15 +129,17 @@ def replay(uid: str, client, *, results_client=None, progress: bool = True, time
     from txm_live.store_remap import PathRemap
 
     remap = PathRemap(path_map)
-    run = client[uid]
+    runs = group_runs(client, client[uid])
     target = client if results_client is None else (results_client or None)
     handle = LiveAnalysis(target, preview_dir=preview_dir, sinks=sinks, replay=True, **options)
     try:
-        with tqdm(total=_expected_documents(run), unit="doc", desc=f"replay {uid[:8]}",
+        total = sum(_expected_documents(run) or 0 for run in runs) or None
+        with tqdm(total=total, unit="doc", desc=f"replay {uid[:8]}",
                   disable=not progress, file=sys.stderr) as bar:
-            for name, doc in documents_with_row_seq_nums(run):
-                handle(*remap(name, doc))
-                bar.update(1)
+            for run in runs:
+                for name, doc in documents_with_row_seq_nums(run):
+                    handle(*remap(name, doc))
+                    bar.update(1)
         if not handle.wait(timeout):
             raise TimeoutError(f"the analysis of run {uid} did not finish within {timeout} s")
     finally:

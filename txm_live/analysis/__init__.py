@@ -59,6 +59,7 @@ from ._tomo_prep import (
 )
 from ._tracking import ParticleTracker, TrackingStep
 from ._validate import XanesInputWarning
+from ._xanes_plan import MIN_ENERGIES
 from ._xanes import STATUS_CODES, XanesResult, find_e0, fit_xanes, normalization_parameters
 from ._xanes3d_register import (
     ProjectionDrift,
@@ -96,6 +97,7 @@ __all__ = [
     "MAX_SHIFT_FRACTION",
     "MeasurementSummary",
     "MIN_ANGLES",
+    "MIN_ENERGIES",
     "MIN_PEAK_RATIO",
     "NO_ENERGY_INDEX",
     "normalization_parameters",

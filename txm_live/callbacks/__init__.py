@@ -35,18 +35,22 @@ from .operando import OperandoSessionCallback, subscribe_operando_session
 from .preview import PngPreview
 from .tomo import TOMO_ANALYSIS_NAME, TomoAnalysis, read_volume
 from .xanes2d import ANALYSIS_NAME, Xanes2DAnalysis
+from .xanes3d import XANES3D_ANALYSIS_NAME, Xanes3DAnalysis, Xanes3DGroups
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ANALYSES", "PLAN_ANALYSES", "LiveAnalysis", "OperandoSessionCallback", "PngPreview", "TomoAnalysis",
-           "Xanes2DAnalysis", "read_volume", "subscribe_live_analysis", "subscribe_operando_session",
-           "ANALYSIS_NAME", "TOMO_ANALYSIS_NAME"]
+           "Xanes2DAnalysis", "Xanes3DAnalysis", "Xanes3DGroups", "read_volume", "subscribe_live_analysis",
+           "subscribe_operando_session", "ANALYSIS_NAME", "TOMO_ANALYSIS_NAME", "XANES3D_ANALYSIS_NAME"]
 
 #: scan_type -> analysis class (an ``event_model.DocumentRouter`` taking ``(start, emit, **options)``)
 ANALYSES = {"xanes2d": Xanes2DAnalysis, "tomo": TomoAnalysis}
 #: plan_name -> analysis class; looked up before ``ANALYSES`` (a plan's run gets its analysis
-#: whatever its ``scan_type``)
-PLAN_ANALYSES = {"tomo_fly": TomoAnalysis, "tomo_step": TomoAnalysis}
+#: whatever its ``scan_type``; a ``xanes_3d`` energy run is a tomography run whose analysis
+#: gathers the runs of its group: :mod:`.xanes3d`)
+PLAN_ANALYSES = {"tomo_fly": TomoAnalysis, "tomo_step": TomoAnalysis, "xanes_3d": Xanes3DAnalysis}
+#: Options the live session supplies itself (not the caller's).
+_SESSION_OPTIONS = ("start", "emit", "preview", "replay", "groups")
 
 
 def _options_for(cls, options: dict) -> dict:
@@ -96,10 +100,10 @@ class LiveAnalysis:
             raise ValueError(f"keep_runs must be an integer >= 0; got {keep_runs!r}")
         self.keep_runs = keep_runs
         known = set().union(*(inspect.signature(c).parameters for c in {*ANALYSES.values(), *PLAN_ANALYSES.values()}))
-        unknown = sorted(set(options) - known)
+        unknown = sorted(set(options) - (known - {'groups'}))
         if unknown:
             raise TypeError(f"no live analysis takes the options {unknown}; known options: "
-                            f"{sorted(known - {'start', 'emit', 'preview', 'replay'})}")
+                            f"{sorted(known - set(_SESSION_OPTIONS))}")
         self.writer = writer
         if self.writer is None and tiled_client is not None:
             from txm_live.store import SafeTiledWriter
@@ -119,6 +123,8 @@ class LiveAnalysis:
         #: raw uid -> preview, for the analyses in :attr:`analyses`
         self.previews: dict[str, PngPreview] = {}
         self.failures: list[str] = []
+        #: the 3D XANES groups of this session (runs of one ``xanes_3d`` scan share one)
+        self.xanes3d_groups = Xanes3DGroups()
         self.token = None
         self._queue: queue.Queue = queue.Queue()
         self._router = event_model.RunRouter([self._factory], handler_registry={})
@@ -150,6 +156,7 @@ class LiveAnalysis:
             name, doc = self._queue.get()
             try:
                 if name is None:
+                    self.xanes3d_groups.close()  # a 3D XANES scan left open says what it could do
                     return
                 self._router(name, doc)
                 if name == "stop":
@@ -168,7 +175,9 @@ class LiveAnalysis:
         preview = PngPreview(self.preview_dir, name=f"{start['uid'][:8]}_{start.get('scan_type')}",
                              min_interval_s=self.preview_interval_s)
         self.previews[start["uid"]] = preview
-        analysis = cls(start, self._emit, preview=preview, replay=self.replay, **_options_for(cls, self.options))
+        session = {"groups": self.xanes3d_groups} if "groups" in inspect.signature(cls).parameters else {}
+        analysis = cls(start, self._emit, preview=preview, replay=self.replay, **session,
+                       **_options_for(cls, self.options))
         self.analyses[analysis.uid] = analysis
         self.analysis_uids.setdefault(start["uid"], []).append(analysis.uid)
         return [analysis], []

@@ -79,6 +79,16 @@ class AnalysisRun:
             if events:
                 self._emit("event_page", event_model.pack_event_page(*events))
 
+    def emit_composed(self, compose) -> None:
+        """Emit the ``(name, doc)`` documents ``compose(bundle)`` makes from this run's
+        ``event_model.compose_run`` bundle (streams of external arrays, e.g. the 3D XANES
+        result volumes: :func:`txm_live.pipelines.xanes3d_tiled.volume_documents`)."""
+        self.flush()
+        for name, doc in compose(self._bundle):
+            if name == "descriptor":
+                self._descriptors[doc["name"]] = None  # described: no second descriptor of it
+            self._emit(name, doc)
+
     def stop(self, exit_status: str, reason: str) -> None:
         self.flush()
         self._emit("stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason))

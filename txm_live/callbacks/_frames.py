@@ -116,6 +116,19 @@ class FrameReader:
                 )
             time.sleep(0.005)
 
+    def read_refs(self, refs):
+        """Yield ``(ref, image)`` for labelled frames (:class:`~txm_live.callbacks._bookkeeping.FrameRef`),
+        reading each run of consecutive rows of one dataset in one call."""
+        i = 0
+        while i < len(refs):
+            j = i + 1
+            while (j < len(refs) and refs[j].uri == refs[i].uri and refs[j].dataset == refs[i].dataset
+                   and refs[j].row == refs[j - 1].row + 1):
+                j += 1
+            images = self.read(refs[i].uri, refs[i].dataset, refs[i].row, refs[j - 1].row + 1)
+            yield from zip(refs[i:j], images)
+            i = j
+
     def close(self) -> None:
         for f in self._files.values():
             try:

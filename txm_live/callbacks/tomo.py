@@ -141,16 +141,8 @@ class TomoAnalysis(GuardedFrameAnalysis):
 
     def _add(self, refs: list[FrameRef]) -> None:
         """Read the frames (contiguous rows in one read) and hand them to the pipeline."""
-        i = 0
-        while i < len(refs):
-            j = i + 1
-            while (j < len(refs) and refs[j].uri == refs[i].uri and refs[j].dataset == refs[i].dataset
-                   and refs[j].row == refs[j - 1].row + 1):
-                j += 1
-            images = self._reader.read(refs[i].uri, refs[i].dataset, refs[i].row, refs[j - 1].row + 1)
-            for ref, image in zip(refs[i:j], images):
-                self._add_frame(ref, image)
-            i = j
+        for ref, image in self._reader.read_refs(refs):
+            self._add_frame(ref, image)
 
     def _add_frame(self, ref: FrameRef, image) -> None:
         label = ref.label

@@ -24,7 +24,7 @@ import numpy as np
 
 from .xanes3d_store import Xanes3DStore
 
-__all__ = ["xanes3d_documents", "write_xanes3d_run", "ANALYSIS_NAME", "VOLUME_FIELDS"]
+__all__ = ["xanes3d_documents", "volume_documents", "write_xanes3d_run", "ANALYSIS_NAME", "VOLUME_FIELDS"]
 
 ANALYSIS_NAME = "xanes3d"
 ANALYSIS_VERSION = 1
@@ -103,16 +103,28 @@ def xanes3d_documents(store_path, *, parent_uid: str | None = None, parent_start
         Extra start-document keys (they win).
     """
     import event_model
-    from event_model import StreamRange
 
     store = Xanes3DStore.open(store_path, mode="r")
-    h5_path = Path(h5_path) if h5_path else Path(str(store_path).rstrip("/") + ".results.h5")
-    _write_results_h5(store, h5_path)
     bundle = event_model.compose_run(metadata=_start_metadata(store, parent_uid, parent_start, metadata))
     docs = [("start", bundle.start_doc)]
+    docs += volume_documents(bundle, store, h5_path)
+    docs += _registration_docs(bundle, store)
+    docs.append(("stop", bundle.compose_stop(exit_status="success", reason="")))
+    return docs
+
+
+def volume_documents(bundle, store: Xanes3DStore, h5_path=None) -> list:
+    """The ``volumes`` stream of a fitted store in the run ``bundle`` (``event_model.compose_run``):
+    writes the result volumes to ``h5_path`` (default ``<store>.results.h5``) slab by slab
+    and returns the descriptor, ``stream_resource`` and ``stream_datum`` documents that
+    reference them. Used by :func:`xanes3d_documents` and the live 3D XANES callback."""
+    from event_model import StreamRange
+
+    h5_path = Path(h5_path) if h5_path else Path(str(store.path).rstrip("/") + ".results.h5")
+    _write_results_h5(store, h5_path)
     keys = {name: _volume_key(store.volume_shape, dt) for name, dt in VOLUME_FIELDS.items()}
     desc = bundle.compose_descriptor(name="volumes", data_keys=keys)
-    docs.append(("descriptor", desc.descriptor_doc))
+    docs = [("descriptor", desc.descriptor_doc)]
     nz, ny, nx = store.volume_shape
     for name in VOLUME_FIELDS:
         res = bundle.compose_stream_resource(
@@ -122,8 +134,6 @@ def xanes3d_documents(store_path, *, parent_uid: str | None = None, parent_start
         docs.append(("stream_datum", res.compose_stream_datum(
             indices=StreamRange(start=0, stop=1), seq_nums=StreamRange(start=1, stop=2),
             descriptor=desc.descriptor_doc)))
-    docs += _registration_docs(bundle, store)
-    docs.append(("stop", bundle.compose_stop(exit_status="success", reason="")))
     return docs
 
 

@@ -159,9 +159,18 @@ def _calibration(args: _TomoArgs, detector, label, shutter, sample_stage, sample
 
 
 def _run_tomo(plan_name, args, detector, rotation, *, shutter, sample_stage, energy, label, angle, md_extra,
-              plan_args, n_projections, md, rotation_plan, velocity_restore=False):
-    """Shared skeleton: metadata, stage/run decorators, darks/flats, rotation, cleanup."""
-    energy_ev = None if energy is None else float((yield from bps.rd(energy)))
+              plan_args, n_projections, md, rotation_plan, velocity_restore=False, move_energy_ev=None,
+              readables=()):
+    """Shared skeleton: metadata, stage/run decorators, darks/flats, rotation, cleanup.
+
+    ``move_energy_ev``: move ``energy`` there (focus tracking is the device's) as the
+    run's first step, and record it as the run's energy (3D XANES: one run per energy);
+    otherwise ``energy`` is only read. ``readables``: also read with every frame.
+    """
+    if move_energy_ev is not None:
+        energy_ev = float(move_energy_ev)
+    else:
+        energy_ev = None if energy is None else float((yield from bps.rd(energy)))
     _md = _start_metadata(plan_name, args, detector, rotation, label, energy_ev=energy_ev,
                           n_projections=n_projections, plan_args=plan_args, extra=md_extra, md=md)
     start_x = yield from bps.rd(sample_stage.x)
@@ -169,9 +178,11 @@ def _run_tomo(plan_name, args, detector, rotation, *, shutter, sample_stage, ene
     start_r = yield from bps.rd(rotation)
     velocity0 = (yield from bps.rd(rotation.velocity)) if velocity_restore else None
     sample_in = (start_x, start_y)
-    readables = [rotation] + ([energy] if energy is not None else [])
+    readables = [rotation] + ([energy] if energy is not None else []) + list(readables)
 
     def measure():
+        if move_energy_ev is not None:
+            yield from stubs.move_energy(energy, energy_ev)
         yield from bps.mv(detector.exposure_time, args.exposure_s)
         yield from _calibration(args, detector, label, shutter, sample_stage, sample_in, energy_ev, when="before")
         yield from rotation_plan(energy_ev=math.nan if energy_ev is None else energy_ev, readables=readables)
@@ -213,6 +224,47 @@ def _fly_geometry(args: _TomoArgs, rotation, period_s, *, n_projections, velocit
     duration_s = (args.range_deg + 2 * taxi_deg) / velocity + accel_s  # trapezoidal move
     n_frames = int(math.ceil(duration_s / period_s))
     return velocity, taxi_deg, n_frames
+
+
+@dataclass(frozen=True)
+class FlyRotation:
+    """One fly rotation's plan, decided up front (:func:`fly_rotation`).
+
+    ``rotate(*, energy_ev, readables)`` is the rotation plan :func:`_run_tomo` runs; it
+    takes ``n_frames`` labelled projections; ``metadata`` is what the start document
+    records about it (velocity, the taxi range).
+    """
+
+    info: FlyRotationInfo
+    n_frames: int
+    label: object
+    angle: object
+    rotate: object
+    metadata: dict
+
+
+def fly_rotation(args: _TomoArgs, detector, rotation, *, n_projections=None, velocity_deg_s=None) -> FlyRotation:
+    """Validate the fly geometry and build the rotation plan (shared by :func:`tomo_fly`
+    and :func:`txm_live.plans.xanes_3d`, which repeats it at every energy)."""
+    period_s = _frame_period_s(detector, args.exposure_s)
+    velocity, taxi_deg, n_frames = _fly_geometry(args, rotation, period_s, n_projections=n_projections,
+                                                 velocity_deg_s=velocity_deg_s)
+    info = FlyRotationInfo(args.start_deg - taxi_deg, args.end_deg + taxi_deg, velocity)
+    label = make_frame_label()
+    angle = FrameAngleSignal(rotation, detector=detector)
+
+    def rotate(*, energy_ev, readables):
+        yield from bps.checkpoint()  # a pause re-takes the whole rotation
+        yield from bps.prepare(rotation, info, wait=True)
+        yield from bps.abs_set(rotation, info.end_deg, group="fly")
+        for index in range(n_frames):
+            yield from stubs.acquire_projection(detector, label, angle, index=index,
+                                                energy_index=TOMO_ENERGY_INDEX, energy_ev=energy_ev,
+                                                readables=readables, checkpoint=False)
+        yield from bps.wait(group="fly")
+
+    return FlyRotation(info=info, n_frames=n_frames, label=label, angle=angle, rotate=rotate,
+                       metadata={"velocity_deg_s": velocity, "fly_range_deg": [info.start_deg, info.end_deg]})
 
 
 def tomo_fly(detector, rotation, *, shutter, sample_stage, energy=None,
@@ -261,31 +313,15 @@ def tomo_fly(detector, rotation, *, shutter, sample_stage, energy=None,
     """
     args = _validate_common(detector, angle_range_deg, n_darks=n_darks, n_flats=n_flats, flats_when=flats_when,
                             sample_out_um=sample_out_um, exposure_s=exposure_s, md=md)
-    period_s = _frame_period_s(detector, args.exposure_s)
-    velocity, taxi_deg, n_frames = _fly_geometry(args, rotation, period_s, n_projections=n_projections,
-                                                 velocity_deg_s=velocity_deg_s)
-    info = FlyRotationInfo(args.start_deg - taxi_deg, args.end_deg + taxi_deg, velocity)
-    label = make_frame_label()
-    angle = FrameAngleSignal(rotation, detector=detector)
-
-    def rotate(*, energy_ev, readables):
-        yield from bps.checkpoint()  # a pause re-takes the whole rotation
-        yield from bps.prepare(rotation, info, wait=True)
-        yield from bps.abs_set(rotation, info.end_deg, group="fly")
-        for index in range(n_frames):
-            yield from stubs.acquire_projection(detector, label, angle, index=index,
-                                                energy_index=TOMO_ENERGY_INDEX, energy_ev=energy_ev,
-                                                readables=readables, checkpoint=False)
-        yield from bps.wait(group="fly")
-
+    fly = fly_rotation(args, detector, rotation, n_projections=n_projections, velocity_deg_s=velocity_deg_s)
     plan_args = {"detector": repr(detector), "rotation": repr(rotation), "angle_range_deg": list(angle_range_deg),
                  "n_projections": n_projections, "velocity_deg_s": velocity_deg_s, "exposure_s": exposure_s,
                  "n_darks": n_darks, "n_flats": n_flats, "flats_when": flats_when,
                  "sample_out_um": list(sample_out_um)}
-    extra = {"velocity_deg_s": velocity, "fly_range_deg": [info.start_deg, info.end_deg]}
     return (yield from _run_tomo("tomo_fly", args, detector, rotation, shutter=shutter, sample_stage=sample_stage,
-                                 energy=energy, label=label, angle=angle, md_extra=extra, plan_args=plan_args,
-                                 n_projections=n_frames, md=md, rotation_plan=rotate, velocity_restore=True))
+                                 energy=energy, label=fly.label, angle=fly.angle, md_extra=fly.metadata,
+                                 plan_args=plan_args, n_projections=fly.n_frames, md=md, rotation_plan=fly.rotate,
+                                 velocity_restore=True))
 
 
 def tomo_step(detector, rotation, *, shutter, sample_stage, energy=None,
