@@ -141,6 +141,11 @@ class TiledSource:
             return target.split("?")[0]
         return target
 
+    @property
+    def cache_key(self) -> tuple:
+        """Which server, with which credentials: pages of one key may share what they read."""
+        return (self._target if self._target is not None else id(self._given_client), self._api_key)
+
     def _resolve_uri(self) -> str:
         target = self._target
         if target.startswith(("http://", "https://")):
