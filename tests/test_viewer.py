@@ -63,7 +63,8 @@ XY_JS = """([name, x, y]) => { const m = Bokeh.documents[0].get_model_by_name(na
   return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)]; }"""
 ARRAY_JS = """name => { const m = Bokeh.documents[0].get_model_by_name(name);
   return {x: Array.from(m.data.x), y: Array.from(m.data.y)}; }"""
-#: Records, on animation frames, when the page's Bokeh document exists (``__docMs``) and
+#: Records, on animation frames, when the page's Bokeh document exists (``__docMs``; its
+#: number of models then: ``__docModels``) and
 #: when the whiteline map is first drawn (``__paintMs``), both since navigation start, and
 #: when each of its titles was first drawn (``__titles``, ``[text, epoch ms]``).
 PAINT_PROBE_JS = """
@@ -71,7 +72,8 @@ window.__paintMs = null; window.__docMs = null; window.__titles = [];
 (function probe() {
   try {
     if (typeof Bokeh !== 'undefined' && Bokeh.documents.length) {
-      if (window.__docMs === null) window.__docMs = performance.now();
+      if (window.__docMs === null) {
+        window.__docMs = performance.now(); window.__docModels = Bokeh.documents[0].all_models.size; }
       const doc = Bokeh.documents[0];
       const src = doc.get_model_by_name('follow-map-whiteline-source');
       const fig = doc.get_model_by_name('follow-map-whiteline-figure');
@@ -382,10 +384,6 @@ def test_picking_a_pixel_shows_its_spectrum(browser, viewer, beamline, tiled_ser
     client, bl = tiled_server.client(), beamline["bl"]
     uid = beamline["starts"][0]
     page = browser.new_page(viewport={"width": 1500, "height": 1400})
-    page.add_init_script(PAINT_PROBE_JS)  # a new page has a fresh profile: a cold first paint
-    page.goto(viewer.url)
-    page.wait_for_function("() => window.__paintMs !== null", timeout=WAIT_MS)
-    figures["first_paint_cold_128px_s"] = round(page.evaluate("() => window.__paintMs") / 1000, 2)
     page.goto(viewer.url + f"?run={uid}")
     wait_text(page, ".browse-status", "final")
     page.wait_for_function(f"() => ({SOURCE_JS})('browse-map-whiteline-source')?.image[0] > 1", timeout=WAIT_MS)
@@ -472,8 +470,14 @@ def test_a_failed_analysis_is_shown_with_its_error(browser, viewer, beamline, mo
     monkeypatch.setattr(pipeline, "fit_xanes", broken_fit)  # final maps
     monkeypatch.setattr(partial, "fit_xanes", broken_fit)   # partial maps
     page = browser.new_page(viewport={"width": 1500, "height": 1400})
+    page.add_init_script(PAINT_PROBE_JS)  # a new page has a fresh profile: a cold first paint
     page.goto(viewer.url)
-    thread, uid = _scan_in_thread(beamline, sample="failing analysis", energies=SHORT_ENERGIES)
+    # the page shows the newest run's maps (the second scan of the follow test) as it opens
+    page.wait_for_function("() => window.__paintMs !== null", timeout=WAIT_MS)
+    figures["first_paint_cold_128px_s"] = round(page.evaluate("() => window.__paintMs") / 1000, 2)
+    print(f"first paint of a 128² map, fresh browser profile: {figures['first_paint_cold_128px_s']} s "
+          "(recorded, not asserted: benchmarks/bench_viewer.py times it)")
+    thread, uid = _scan_in_thread(beamline, sample="failing analysis", energies=ENERGIES[::4])
     thread.join(120)
     wait_text(page, ".follow-header", uid[:8])
     status = wait_text(page, ".follow-status", "failed")
