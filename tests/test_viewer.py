@@ -457,6 +457,9 @@ def test_an_unknown_run_is_reported_and_the_page_recovers(browser, viewer, beaml
     page.get_by_role("button", name="open").click()
     wait_text(page, ".browse-header", uid[:8])
     assert "no run" in message
+    # the browse tab, built once the page was up, lists the runs (its table's JavaScript
+    # came with the page: without it the tab stayed empty)
+    wait_text(page, ".run-table", uid)
     page.close()
 
 

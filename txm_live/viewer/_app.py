@@ -139,6 +139,8 @@ class ViewerApp:
         self.tabs.param.watch(lambda e: self._build_browse() if e.new == 1 else None, "active")
         title = pn.pane.Markdown(f"## txm-live viewer — Tiled at {html.escape(self.source.display_uri)}")
         self.layout = pn.Column(title, self.banner, self.tabs, sizing_mode="stretch_width")
+        if not self._served():  # a notebook cell: built now (its JavaScript loads with the cell)
+            self._build_browse()
 
     def _build_browse(self) -> None:
         """Build the browse tab (document thread, once): the run list, search, open, compare

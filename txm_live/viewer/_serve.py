@@ -62,6 +62,9 @@ def serve_viewer(tiled, *, port: int = DEFAULT_PORT, address: str = "127.0.0.1",
     key = api_key or os.environ.get("TILED_API_KEY") or None
 
     def page():
+        # the run list's table is built when the browse tab is first opened; its JavaScript
+        # must come with the page (a model the browser cannot build breaks the whole tab)
+        pn.extension("tabulator")
         args = pn.state.session_args or {}
         run = (args.get("run") or [b""])[0].decode(errors="replace") or None
         return ViewerApp(str(tiled), api_key=key, run=run, poll_interval_s=interval).layout
