@@ -463,7 +463,7 @@ def test_an_unknown_run_is_reported_and_the_page_recovers(browser, viewer, beaml
     page.close()
 
 
-def test_a_failed_analysis_is_shown_with_its_error(browser, viewer, beamline, monkeypatch):
+def test_a_failed_analysis_is_shown_with_its_error(browser, viewer, beamline, monkeypatch, figures):
     import txm_live.analysis._partial as partial
     import txm_live.analysis._pipeline as pipeline
 
