@@ -26,6 +26,12 @@ _REMOTE_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://")
 #: How long a local worker may take to start and reach the scheduler (dask's default is
 #: 30 s; a loaded analysis machine importing numba in every new worker can exceed it).
 LOCAL_CONNECT_TIMEOUT = "120s"
+#: glibc's variable that dask.distributed's nannies set to 65536 for every worker. Setting
+#: it fixes glibc's mmap threshold at 128 KiB, so every chunk-sized array is a fresh
+#: mmap whose pages fault in one by one: on the per-voxel fit that cost 1.4-1.6x the
+#: in-process wall time (workers' system time doubled); without it 1.0x, for ~100 MiB
+#: more resident per worker (benchmarks/bench_xanes3d.py --parts fit).
+MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 
 
 class DaskRunner:
@@ -89,7 +95,7 @@ class DaskRunner:
         return f"DaskRunner({self.scheduler!r}, workers={self.n_workers()})"
 
 
-def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit):
+def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit, malloc_trim: bool):
     import dask
     from dask.distributed import LocalCluster
 
@@ -97,14 +103,17 @@ def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit):
     # each worker its own share instead of oversubscribing the cores.
     env = {"NUMBA_NUM_THREADS": str(threads_per_worker),
            "OMP_NUM_THREADS": str(threads_per_worker)}
-    with dask.config.set({"distributed.comm.timeouts.connect": LOCAL_CONNECT_TIMEOUT}):
+    config = {"distributed.comm.timeouts.connect": LOCAL_CONNECT_TIMEOUT}
+    if not malloc_trim:  # None removes the variable from what the nannies set
+        config[f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM_ENV}"] = None
+    with dask.config.set(config):
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                             processes=True, host="127.0.0.1", dashboard_address=None,
                             memory_limit=memory_limit, env=env)
 
 
 def dask_runner(scheduler: str | None = None, *, n_workers: int | None = None,
-                threads_per_worker: int = 1, memory_limit="auto") -> DaskRunner:
+                threads_per_worker: int = 1, memory_limit="auto", malloc_trim: bool = False) -> DaskRunner:
     """A :class:`DaskRunner` for ``scheduler``.
 
     Parameters
@@ -120,6 +129,11 @@ def dask_runner(scheduler: str | None = None, *, n_workers: int | None = None,
         Threads per local worker (numba and FFT threads follow it).
     memory_limit : str or int
         Per-worker memory limit of a local cluster (``dask.distributed`` syntax).
+    malloc_trim : bool
+        Keep dask's ``MALLOC_TRIM_THRESHOLD_=65536`` in a local cluster's workers: less
+        memory kept by each worker, at the cost of page faults on every large array
+        (:data:`MALLOC_TRIM_ENV`). Default False: glibc's own adaptive thresholds, as in
+        this process.
 
     Raises
     ------
@@ -140,7 +154,7 @@ def dask_runner(scheduler: str | None = None, *, n_workers: int | None = None,
             raise ValueError(f"need n_workers >= 1 and threads_per_worker >= 1; got {n}, {threads_per_worker}")
         from dask.distributed import Client
 
-        cluster = _local_cluster(n, int(threads_per_worker), memory_limit)
+        cluster = _local_cluster(n, int(threads_per_worker), memory_limit, bool(malloc_trim))
         return DaskRunner(spec, Client(cluster), cluster)
     if spec.startswith(_REMOTE_PREFIXES):
         from dask.distributed import Client
