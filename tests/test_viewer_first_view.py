@@ -2,7 +2,7 @@
 
 Pure Python, no server: the cache keeps one view per Tiled server + credentials, drops
 the least recently used, never shows a view older than its age limit, and never lets an
-older read of a run replace a newer one (two pages' workers may finish out of order).
+older read replace a newer one (two pages' workers may finish out of order).
 The browser tests show the cached maps drawn on a page (``test_viewer.py``).
 """
 from __future__ import annotations
@@ -44,7 +44,9 @@ def test_a_newer_read_replaces_an_older_never_the_reverse():
     assert cache.get("a").state.n_maps == 2
     cache.put("a", _view("run-a", 3, now + 1.0))
     assert cache.get("a").state.n_maps == 3
-    cache.put("a", _view("run-b", 1, now - 5.0))  # the next run replaces the last one's maps
+    cache.put("a", _view("run-b", 1, now - 5.0))  # an older read of another run neither
+    assert cache.get("a").start["uid"] == "run-a"
+    cache.put("a", _view("run-b", 1, now + 2.0))  # the next run, read later, replaces the last one's maps
     assert cache.get("a").start["uid"] == "run-b"
 
 

@@ -73,10 +73,11 @@ class FirstViewCache:
         self._lock = threading.Lock()
 
     def put(self, key, view: FirstView) -> None:
-        """Keep ``view`` for ``key`` unless a newer read of the same run is kept already."""
+        """Keep ``view`` for ``key`` unless a newer read is kept already (two pages' reads
+        may finish out of order)."""
         with self._lock:
             old = self._views.get(key)
-            if old is not None and old.start["uid"] == view.start["uid"] and old.read_at > view.read_at:
+            if old is not None and old.read_at > view.read_at:
                 return
             self._views[key] = view
             self._views.move_to_end(key)
