@@ -15,6 +15,9 @@ Printed:
 * the peer: Tiled's own PNG of the same map (``format=image/png``) loaded in the same
   browser, full resolution and strided like the viewer's (``slice=-1,::4,::4``), from the
   start of navigation to the load event;
+* the floor: a bare Panel page holding one figure with the same 512² image (no Tiled, no
+  other widget), served in this process and timed the same way, warm — what Panel and
+  Bokeh's JavaScript cost any page in this browser on this machine;
 * update latency: a new maps event written to Tiled (the writer returned: arrays and
   table row stored) until the page shows it without reloading (new title and pixels
   drawn), median and max of ``--updates``.
@@ -101,6 +104,31 @@ def _peer_png_s(context, url: str) -> float:
     return seconds
 
 
+def _serve_floor_page(size: int):
+    """A bare Panel page with one image figure (the map's display size), named like the
+    viewer's whiteline map so that the paint probe times it; returns (url, server)."""
+    import panel as pn
+    from bokeh.models import ColumnDataSource
+    from bokeh.plotting import figure
+
+    side = min(size, 512)
+    image = _maps(side, 10, np.random.default_rng(0))["whiteline"]
+
+    def page():
+        source = ColumnDataSource({"image": [image], "x": [0], "y": [0], "dw": [side], "dh": [side]},
+                                  name="follow-map-whiteline-source")
+        fig = figure(name="follow-map-whiteline-figure", frame_width=300, frame_height=300, title="floor")
+        fig.image("image", x="x", y="y", dw="dw", dh="dh", source=source, palette="Viridis256")
+        return pn.pane.Bokeh(fig)
+
+    from txm_live.viewer._serve import _free_port, _wait_listening
+
+    port = _free_port("127.0.0.1")
+    server = pn.serve({"/": page}, port=port, address="127.0.0.1", show=False, threaded=True, print_url=False)
+    _wait_listening("127.0.0.1", port, server)
+    return f"http://127.0.0.1:{port}/", server
+
+
 def _update_latencies(page, add_maps, n_updates: int) -> list[float]:
     latencies = []
     for k in range(n_updates):
@@ -114,6 +142,12 @@ def _update_latencies(page, add_maps, n_updates: int) -> list[float]:
             "n => window.__titles.find(([t]) => t.includes(`partial, ${n} energies`))[1]", n)
         latencies.append(shown_ms / 1000 - written)
     return latencies
+
+
+def _load() -> str:
+    import os
+
+    return "load average {:.1f}, {:.1f}, {:.1f} (1, 5, 15 min) on {} cores".format(*os.getloadavg(), os.cpu_count())
 
 
 def main(argv=None) -> int:
@@ -145,6 +179,13 @@ def main(argv=None) -> int:
                     cold.append(_first_paint_s(context, viewer.url))
                     warm.append(_first_paint_s(context, viewer.url, steps))
                     context.close()
+                floor_url, floor_server = _serve_floor_page(args.size)
+                context = browser.new_context()
+                context.add_init_script(PAINT_PROBE_JS)
+                _first_paint_s(context, floor_url)  # fills the cache
+                floor = statistics.median(_first_paint_s(context, floor_url) for _ in range(args.visits))
+                context.close()
+                floor_server.stop()
                 context = browser.new_context()
                 context.add_init_script(PAINT_PROBE_JS)
                 peer_full = statistics.median(_peer_png_s(context, png + "-1") for _ in range(args.visits))
@@ -156,23 +197,29 @@ def main(argv=None) -> int:
                 page.wait_for_function("() => window.__paintMs !== null", timeout=180_000, polling=100)
                 shape = page.evaluate("() => Bokeh.documents[0].get_model_by_name('follow-map-whiteline-source')"
                                       ".data.image[0].length")
+                n_models = page.evaluate("() => window.__docModels")
                 latencies = _update_latencies(page, add_maps, args.updates)
                 browser.close()
         finally:
             viewer.stop()
             server.close()
     side = int(round(np.sqrt(shape)))
+    print(_load())
     c, w = statistics.median(cold), statistics.median(warm)
     print(f"map {args.size}² sent to the browser as {side}² (server-side stride {args.size // side})")
+    print(f"first paint, first visit after the viewer started (cold server, cold browser cache): {cold[0]:.2f} s")
     print(f"first paint, cold browser cache: median {c:.2f} s (min {min(cold):.2f}) over {len(cold)} visits")
     print(f"first paint, warm browser cache: median {w:.2f} s (min {min(warm):.2f})   (target <= 1 s)")
     html_s, doc_s = (statistics.median(v) for v in zip(*steps))
     print(f"  warm, where the time goes (median): page HTML in {html_s:.2f} s (the server builds the page), "
           f"Bokeh document in the browser {doc_s:.2f} s, map drawn {w:.2f} s")
+    print(f"floor, a bare Panel page with one 512² image figure, warm: {floor:.2f} s "
+          f"(viewer warm / floor: {w / floor:.2f})")
     print(f"peer, Tiled's PNG of the map in the same browser: full {args.size}² {peer_full:.2f} s, "
           f"strided 1:{stride} {peer_strided:.2f} s")
     print(f"ratios, viewer warm first paint / peer: {w / peer_full:.2f} (full PNG), {w / peer_strided:.2f} "
           "(strided PNG)")
+    print(f"Bokeh models in the page's first document: {n_models}")
     print(f"update latency, data in Tiled -> drawn on the page: median {statistics.median(latencies):.2f} s, "
           f"max {max(latencies):.2f} s over {len(latencies)} updates   (target <= 2 s)")
     return 0

@@ -17,6 +17,13 @@ A served page changes its document only once the browser has it
 (``pn.state.onload``): Panel drops changes made between the browser's first pull of the
 document and its "document ready", so results that arrive before then wait and are
 applied, in order, once the page is ready.
+
+What a page costs before its first paint (issue 12: ≤ 1 s): the first document holds only
+the follow-mode header, status and maps (159 Bokeh models; the whole page was 788). The
+raw frame, aligned stack, curves and export links are added once the browser has the page
+(:meth:`RunPanel.show_rest`), the browse tab's views when it is first opened. The maps of
+the newest run, as the last page read them, come with the first document
+(:mod:`~txm_live.viewer._first_view`), so they are drawn without waiting for Tiled.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import time
 import pandas as pd
 import panel as pn
 
+from ._first_view import FIRST_VIEWS
 from ._run_panel import MapsPanel, RunPanel
 from ._runs import (TiledRefused, TiledSource, TiledUnavailable, UnknownRun, ViewerDataError,
                     open_run)
@@ -119,18 +127,36 @@ class ViewerApp:
     def _build(self) -> None:
         self.banner = pn.pane.Alert("", alert_type="danger", visible=False, css_classes=["tiled-banner"],
                                     sizing_mode="stretch_width")
-        self.follow = RunPanel("follow", self.worker)
+        key = self.source.cache_key
+        self.follow = RunPanel("follow", self.worker, remember=lambda view: FIRST_VIEWS.put(key, view))
         self.follow_on = pn.widgets.Checkbox(name="follow the newest scan", value=True)
-        self.browse = RunPanel("browse", self.worker)
+        self.browse: RunPanel | None = None  # built when the browse tab is first needed
+        self.browse_message = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["browse-message"])
+        follow_tab = pn.Column(self.follow_on, self.follow.panel(defer=self._served()), name="follow")
+        self._browse_tab = pn.Column(pn.pane.Markdown("loading the run list …"), self.browse_message, name="browse")
+        self.tabs = pn.Tabs(("follow", follow_tab), ("browse", self._browse_tab), dynamic=False,
+                            sizing_mode="stretch_width")
+        self.tabs.param.watch(lambda e: self._build_browse() if e.new == 1 else None, "active")
+        title = pn.pane.Markdown(f"## txm-live viewer — Tiled at {html.escape(self.source.display_uri)}")
+        self.layout = pn.Column(title, self.banner, self.tabs, sizing_mode="stretch_width")
+        if not self._served():  # a notebook cell: built now (its JavaScript loads with the cell)
+            self._build_browse()
+
+    def _build_browse(self) -> None:
+        """Build the browse tab (document thread, once): the run list, search, open, compare
+        and a second set of run views. Deferred so that a page's first view (follow mode)
+        costs the server and the browser half the models."""
+        if self.browse is not None:
+            return
+        browse = RunPanel("browse", self.worker)
         self.search = pn.widgets.TextInput(name="search", placeholder="uid, sample, scan type, status …",
                                            width=300)
-        self.table = pn.widgets.Tabulator(_summary_frame([]), selectable="checkbox", disabled=True,
+        self.table = pn.widgets.Tabulator(_summary_frame(self._rows), selectable="checkbox", disabled=True,
                                           show_index=False, pagination="local", page_size=12,
                                           sizing_mode="stretch_width", css_classes=["run-table"])
         self.uid_input = pn.widgets.TextInput(name="open run by uid", placeholder="uid", width=320)
         self.open_button = pn.widgets.Button(name="open", button_type="primary", width=80)
         self.compare_button = pn.widgets.Button(name="compare the two ticked runs", width=220)
-        self.browse_message = pn.pane.Alert("", alert_type="warning", visible=False, css_classes=["browse-message"])
         self.compare_colours = {"energy": ColourControl("compare-energy", "whiteline & edge (eV)"),
                                 "jump": ColourControl("compare-jump", "edge jump")}
         self.compare_area = pn.Column(visible=False, css_classes=["compare"])
@@ -138,15 +164,11 @@ class ViewerApp:
         self.table.on_click(self._on_row_click)
         self.open_button.on_click(lambda e: self.open(self.uid_input.value))
         self.compare_button.on_click(lambda e: self._compare())
-
-        follow_tab = pn.Column(self.follow_on, self.follow.panel(), name="follow")
-        browse_tab = pn.Column(pn.Row(self.search, self.uid_input, self.open_button, self.compare_button),
-                               self.table, self.browse_message, self.compare_area, self.browse.panel(),
-                               name="browse")
-        self.tabs = pn.Tabs(("follow", follow_tab), ("browse", browse_tab), dynamic=False,
-                            sizing_mode="stretch_width")
-        title = pn.pane.Markdown(f"## txm-live viewer — Tiled at {html.escape(self.source.display_uri)}")
-        self.layout = pn.Column(title, self.banner, self.tabs, sizing_mode="stretch_width")
+        self._browse_tab.objects = [pn.Row(self.search, self.uid_input, self.open_button, self.compare_button),
+                                    self.table, self.browse_message, self.compare_area, browse.panel()]
+        self.browse = browse  # last: the worker polls it from now on
+        self._rows_read = False
+        self._wake()  # the run list, now that there is a table to show it
 
     def __panel__(self):
         return self.layout
@@ -164,6 +186,9 @@ class ViewerApp:
     def _start(self) -> None:
         if self._open_at_start:
             self.open(self._open_at_start)
+        view = FIRST_VIEWS.get(self.source.cache_key)
+        if view is not None:  # what an earlier page read: drawn with the page, corrected by the first poll
+            self.follow.show_first_view(view.run(self.source), view)
         self._wake()  # the first read starts now, while the browser loads the page
         self._callback = pn.state.add_periodic_callback(self._tick, period=int(self.poll_interval_s * 1000))
         if self._served():
@@ -181,6 +206,7 @@ class ViewerApp:
 
     def _on_ready(self) -> None:
         """The browser has the page: apply what waited for it, in order."""
+        self.follow.show_rest()  # the views the first view could do without
         with self._ready_lock:
             self._ready = True
             waiting, self._waiting = self._waiting, []
@@ -237,8 +263,11 @@ class ViewerApp:
         self._attach_runs(watch)
         return watch
 
+    def _panels(self) -> list:
+        return [p for p in (self.follow, self.browse) if p is not None]
+
     def _attach_runs(self, watch) -> None:
-        for panel in (self.follow, self.browse):
+        for panel in self._panels():
             if panel.run is not None:
                 panel.run.attach(watch)
 
@@ -257,7 +286,7 @@ class ViewerApp:
         while self._updates:
             update = self._updates.popleft()
             catalog = catalog or update.path == ""
-            for panel in (self.follow, self.browse):
+            for panel in self._panels():
                 if panel.run is not None:
                     panel.run.apply(update)
         return catalog
@@ -291,12 +320,13 @@ class ViewerApp:
                 self.follow.adopt(run)  # poll it now; set_run on the page resets the views first
                 apply.append(lambda: self.follow.set_run(run))
         if watch is not None:
-            watch.retain({u for p in (self.follow, self.browse) if p.run is not None for u in p.run.watched_uids})
+            watch.retain({u for p in self._panels() if p.run is not None for u in p.run.watched_uids})
         apply.append(self._poll_panel(self.follow, force=reconnected))
-        apply.append(self._poll_panel(self.browse, force=reconnected))
-        browsing = self.tabs.active == 1
+        if self.browse is not None:
+            apply.append(self._poll_panel(self.browse, force=reconnected))
+        browsing = self.browse is not None and self.tabs.active == 1
         list_due = catalog_changed if watch is not None else self._n_polls % LIST_EVERY_POLLS == 1
-        if (browsing and (reconnected or list_due)) or not self._rows_read:
+        if self.browse is not None and ((browsing and (reconnected or list_due)) or not self._rows_read):
             rows = self.source.recent(LIST_LIMIT)
             self._rows_read = True
             apply.append(lambda: self._set_rows(rows))
@@ -344,6 +374,8 @@ class ViewerApp:
         self._show_rows()
 
     def _show_rows(self) -> None:
+        if self.browse is None:
+            return
         ticked = {self.table.value.iloc[i]["uid"] for i in self.table.selection if i < len(self.table.value)}
         words = (self.search.value_input or self.search.value or "").lower().split()
         frame = _summary_frame(self._rows)
@@ -364,6 +396,7 @@ class ViewerApp:
     def open(self, uid: str) -> None:
         """Open run ``uid`` in browse mode (says so on the page if there is no such run)."""
         uid = (uid or "").strip()
+        self._build_browse()
         self.tabs.active = 1
 
         def job():

@@ -8,14 +8,17 @@ document. What to read, and from where, is the adapter's business
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
+import time
 
 import numpy as np
 import panel as pn
 from bokeh.events import RangesUpdate, Tap
 from bokeh.models import ColumnDataSource, Range1d
 
+from ._first_view import FirstView, maps_suffix
 from ._images import Region
 from ._runs import RawRun, RunState, ViewerDataError, map_fields
 from ._views import ColourControl, ImageView, energy_marker, line_figure
@@ -76,13 +79,16 @@ class RunPanel:
     name : str
         Prefix of model names on the page (``follow``, ``browse``).
     worker : PageWorker
-    report : callable ``(text, kind)``
-        Shows a one-line message for this panel (on the document thread).
+    size_px : int
+        Frame width of the images (screen pixels).
+    remember : callable ``(FirstView)``, optional
+        Called (worker thread) with every whole-map read, to be shown first by later pages.
     """
 
-    def __init__(self, name: str, worker, *, size_px: int = 300):
+    def __init__(self, name: str, worker, *, size_px: int = 300, remember=None):
         self.name = name
         self.worker = worker
+        self._remember = remember
         self.run: RawRun | None = None
         self._seen = _EMPTY_STATE       # last state read (worker thread)
         self.state = _EMPTY_STATE       # last state shown (document thread)
@@ -144,15 +150,35 @@ class RunPanel:
 
         self.export = pn.pane.HTML("", css_classes=[f"{n}-export"], sizing_mode="stretch_width")
 
-    def panel(self):
+    def _rest_views(self) -> list:
         raw = pn.Column(pn.pane.Bokeh(self.raw_view.figure), self.raw_colour.panel(),
                         pn.Row(self.frame_slider, self.follow_frame))
         aligned = pn.Column(pn.pane.Bokeh(self.aligned_view.figure), self.aligned_colour.panel(),
                             pn.Row(self.energy_slider, self.follow_energy))
         curves = pn.Column(pn.pane.Bokeh(self.spectrum_fig), self.pick_text, pn.pane.Bokeh(self.drift_fig))
-        return pn.Column(self.header, self.status, self.message, pn.Row(raw, aligned, curves), self.maps_area,
-                         pn.Card(self.export, title="export", collapsed=True, sizing_mode="stretch_width"),
+        return [raw, aligned, curves]
+
+    def _export_card(self):
+        return pn.Card(self.export, title="export", collapsed=True, sizing_mode="stretch_width")
+
+    def panel(self, *, defer: bool = False):
+        """The layout of the panel (call once).
+
+        ``defer``: only what the first view needs (header, status, maps and their colour
+        scales): half the models, so the page reaches the browser sooner; :meth:`show_rest`
+        adds the raw frame, the aligned stack, the curves and the export links.
+        """
+        self._rest_row = pn.Row(*([] if defer else self._rest_views()))
+        self._export_area = pn.Column(*([] if defer else [self._export_card()]), sizing_mode="stretch_width")
+        return pn.Column(self.header, self.status, self.message, self._rest_row, self.maps_area, self._export_area,
                          sizing_mode="stretch_width")
+
+    def show_rest(self) -> None:
+        """Add the views a deferred :meth:`panel` left out (document thread; once the
+        browser has the page)."""
+        if not self._rest_row.objects:
+            self._rest_row.objects = self._rest_views()
+            self._export_area.objects = [self._export_card()]
 
     # ---------------------------------------------------------------- document thread
     def say(self, text: str, kind: str = "warning") -> None:
@@ -181,6 +207,15 @@ class RunPanel:
         self.header.object = "### no run yet" if run is None else f"### {html.escape(run.title())}"
         self.export.object = ""
         self.status.visible = False
+
+    def show_first_view(self, run: RawRun, view: FirstView) -> None:
+        """Show what an earlier page read of ``run`` (its state and maps) before reading
+        anything; the next :meth:`poll` re-reads the rest, and the maps if they changed."""
+        self.set_run(run)
+        self._show_state(view.state)
+        self.maps.show(view.maps, view.suffix)
+        self._seen = dataclasses.replace(_EMPTY_STATE, uid=view.state.uid, n_maps=view.state.n_maps,
+                                         maps_final=view.state.maps_final)
 
     def _show_state(self, state: RunState) -> None:
         self.state = state
@@ -341,9 +376,10 @@ class RunPanel:
         region = self.maps.region(state.map_shape)
         # the maps of the newest row of the maps table (its arrays are written before it)
         tiles = run.map_tiles(region, index=state.n_maps - 1)
-        stride = next(iter(tiles.values()))
-        suffix = (" — final" if state.maps_final else f" — partial, {state.maps_n_energies} energies") + \
-            _stride_note(stride)
+        suffix = maps_suffix(state, next(iter(tiles.values())))
+        if self._remember is not None and region == Region.full(state.map_shape):
+            self._remember(FirstView(run.start, state, tiles, suffix, time.monotonic()))
+
         def show():
             self.maps.show(tiles, suffix)
         return self._guard(run, show)

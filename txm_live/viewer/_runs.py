@@ -141,6 +141,11 @@ class TiledSource:
             return target.split("?")[0]
         return target
 
+    @property
+    def cache_key(self) -> tuple:
+        """Which server, with which credentials: pages of one key may share what they read."""
+        return (self._target if self._target is not None else id(self._given_client), self._api_key)
+
     def _resolve_uri(self) -> str:
         target = self._target
         if target.startswith(("http://", "https://")):
@@ -194,8 +199,34 @@ class TiledSource:
         return self.call(_recent_runs, int(limit))
 
     def newest_raw_uid(self) -> str | None:
-        """uid of the newest raw run (not an analysis run), or None in an empty catalog."""
+        """uid of the newest raw run (not an analysis run), or None in an empty catalog.
+
+        Asks first, with one request and no retries, whether the server answers at all:
+        the Tiled client retries a refused connection for up to ~45 s, and the page would
+        say nothing meanwhile (nor reconnect, after a restart, until its retries end).
+        """
+        self.check_answering()
         return self.call(_newest_raw_uid)
+
+    def check_answering(self) -> None:
+        """Raise :class:`TiledUnavailable` at once if nothing answers at the server's
+        address (one GET of the API root, no retries)."""
+        import httpx
+
+        if self._given_client is not None:
+            uri = str(self._given_client.uri)
+        else:
+            uri = self._resolve_uri()
+        root = uri.split("?")[0]
+        root = (root.split("/api/v1")[0] if "/api/v1" in root else root.rstrip("/")) + "/api/v1/"
+        try:
+            with httpx.Client(trust_env=False, timeout=TILED_TIMEOUT_S) as http:
+                http.get(root)
+        except httpx.TransportError as exc:
+            with self._lock:
+                if self._given_client is None:
+                    self._client = None  # reconnect once it answers (maybe at another address)
+            raise _explain(exc, self.display_uri) from None
 
 
 def _is_analysis(start) -> bool:

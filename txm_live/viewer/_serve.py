@@ -52,6 +52,8 @@ def serve_viewer(tiled, *, port: int = DEFAULT_PORT, address: str = "127.0.0.1",
     import panel as pn
 
     from ._app import POLL_INTERVAL_S, ViewerApp
+    from ._first_view import warm_first_view
+    from ._runs import TiledSource
 
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an integer in 0..65535; got {port!r}")
@@ -60,10 +62,15 @@ def serve_viewer(tiled, *, port: int = DEFAULT_PORT, address: str = "127.0.0.1",
     key = api_key or os.environ.get("TILED_API_KEY") or None
 
     def page():
+        # the run list's table is built when the browse tab is first opened; its JavaScript
+        # must come with the page (a model the browser cannot build breaks the whole tab)
+        pn.extension("tabulator")
         args = pn.state.session_args or {}
         run = (args.get("run") or [b""])[0].decode(errors="replace") or None
         return ViewerApp(str(tiled), api_key=key, run=run, poll_interval_s=interval).layout
 
+    warm_source = TiledSource(str(tiled), api_key=key)  # the first page's maps, read while nobody waits
+    warm_first_view(warm_source, warm_source.cache_key)
     host = f"[{address}]" if ":" in address else address
     url = f"http://{host}:{port}/"
     origins = [f"{host}:{port}"] + ([f"localhost:{port}", f"127.0.0.1:{port}"] if address in LOOPBACK else [])

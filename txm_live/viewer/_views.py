@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
-from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, Range1d, Span)
+from bokeh.models import ColorBar, ColumnDataSource, Grid, HoverTool, LinearColorMapper, Range1d, Span
 from bokeh.plotting import figure
 
 from ._images import ImageTile, robust_limits
 
 __all__ = ["ImageView", "ColourControl", "line_figure"]
 
-#: Toolbar of every image: pan, zoom, reset and the PNG export ("save").
-IMAGE_TOOLS = "pan,wheel_zoom,box_zoom,tap,reset,save"
+#: Toolbar of every image: pan, zoom, reset and the PNG export ("save"). No box zoom:
+#: each one costs the page four more models, and the wheel zooms as well.
+IMAGE_TOOLS = "pan,wheel_zoom,tap,reset,save"
+#: Where toolbars go: below the plot, so that they never cover its title (above, a long
+#: map title ran under the toolbar).
+TOOLBAR_LOCATION = "below"
 #: Colour maps offered by the contrast controls (Bokeh palette names).
 PALETTES = {"grey": "Greys256", "viridis": "Viridis256", "inferno": "Inferno256", "cividis": "Cividis256"}
 TRANSPARENT = "rgba(0, 0, 0, 0)"
@@ -55,7 +59,8 @@ class ImageView:
         self.y_range = y_range or Range1d(1, 0, name=f"{name}-y")  # flipped: row 0 on top
         fig = figure(title=title, name=f"{name}-figure", tools=IMAGE_TOOLS, active_scroll="wheel_zoom",
                      x_range=self.x_range, y_range=self.y_range, frame_width=size_px, frame_height=size_px,
-                     toolbar_location="above")
+                     toolbar_location=TOOLBAR_LOCATION)
+        fig.center = [m for m in fig.center if not isinstance(m, Grid)]  # grid lines would hide pixels
         fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.source, color_mapper=mapper)
         fig.scatter("x", "y", source=self.marker, marker="circle_cross", size=14, fill_alpha=0,
                     line_color="red", line_width=2)
@@ -151,7 +156,7 @@ class ColourControl:
 def line_figure(name: str, title: str, x_label: str, y_label: str, *, width: int = 420, height: int = 260):
     """An empty line plot with pan/zoom/save."""
     fig = figure(title=title, name=f"{name}-figure", width=width, height=height,
-                 tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above")
+                 tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location=TOOLBAR_LOCATION)
     fig.xaxis.axis_label = x_label
     fig.yaxis.axis_label = y_label
     return fig
