@@ -7,7 +7,8 @@ the same map as a PNG in its HTML: the same strided data the interactive view ge
 the same colours (Bokeh's ``Viridis256``, limits as the page's automatic colour scale sets
 them, i.e. 1–99 % of the whiteline and edge maps together). It sits above the page and
 is hidden, by a few lines of JavaScript, once the interactive whiteline map has been
-drawn. Panel/Bokeh's scripts then load *after* it in the page, so the browser shows it
+drawn: it covers the page (which builds under it) until then, so the page replaces it
+without first showing below it. Panel/Bokeh's scripts then load *after* it in the page, so the browser shows it
 before it compiles them.
 
 Only the page whose own Tiled credentials read the view gets it: :class:`ViewerApp`
@@ -50,7 +51,8 @@ FALLBACK_HIDE_MS = 5000
 _TEMPLATE = jinja2.Template("""{% extends base %}
 {% block resources %}{% endblock %}
 {% block inner_body %}
-<div id="{{ txm_preview.id }}" style="font-family: sans-serif; margin: 8px 16px;">
+<div id="{{ txm_preview.id }}" style="position: absolute; top: 0; left: 0; right: 0; min-height: 100%; z-index: 10;
+     background: white; font-family: sans-serif; padding: 8px 16px; box-sizing: border-box;">
   <div style="font-size: 1.1em; margin-bottom: 4px;">txm-live viewer — {{ txm_preview.run | e }}</div>
   <img id="{{ txm_preview.id }}-img" src="{{ txm_preview.src }}" alt="{{ txm_preview.alt | e }}"
        title="{{ txm_preview.alt | e }}" elementtiming="{{ txm_preview.id }}" width="{{ txm_preview.width }}"
