@@ -66,11 +66,29 @@ ARRAY_JS = """name => { const m = Bokeh.documents[0].get_model_by_name(name);
 #: Records, on animation frames, when the page's Bokeh document exists (``__docMs``; its
 #: number of models then: ``__docModels``) and
 #: when the whiteline map is first drawn (``__paintMs``), both since navigation start, and
-#: when each of its titles was first drawn (``__titles``, ``[text, epoch ms]``).
+#: when each of its titles was first drawn (``__titles``, ``[text, epoch ms]``). The static
+#: preview in the page's HTML (``txm_live.viewer._preview``): when the browser painted it
+#: (``__previewPaintMs``, Element Timing's render time), when it was first seen loaded
+#: (``complete``, ``naturalWidth > 0``) and displayed on an animation frame
+#: (``__previewMs``), and when it was hidden again (``__previewHiddenMs``).
 PAINT_PROBE_JS = """
 window.__paintMs = null; window.__docMs = null; window.__titles = [];
+window.__previewMs = null; window.__previewHiddenMs = null; window.__previewPaintMs = null;
+try {
+  new PerformanceObserver(list => { for (const e of list.getEntries()) {
+    if (e.identifier === 'txm-preview' && window.__previewPaintMs === null)
+      window.__previewPaintMs = e.renderTime || e.loadTime; }
+  }).observe({type: 'element', buffered: true});
+} catch (e) {}
 (function probe() {
   try {
+    const img = document.getElementById('txm-preview-img');
+    if (img) {
+      const shown = img.complete && img.naturalWidth > 0 && img.offsetParent !== null;
+      if (shown && window.__previewMs === null) window.__previewMs = performance.now();
+      if (!shown && window.__previewMs !== null && window.__previewHiddenMs === null)
+        window.__previewHiddenMs = performance.now();
+    }
     if (typeof Bokeh !== 'undefined' && Bokeh.documents.length) {
       if (window.__docMs === null) {
         window.__docMs = performance.now(); window.__docModels = Bokeh.documents[0].all_models.size; }
@@ -110,6 +128,19 @@ MIN_IMAGE_COLOURS = 32
 #: a line plot counts as drawn with at least this many pixels of its line colour (a
 #: spectrum or drift trace: several hundred; an empty plot: 0)
 MIN_LINE_PX = 40
+#: The static preview as the page shows it, and the probe's times (ms since navigation).
+PREVIEW_JS = """() => { const box = document.getElementById('txm-preview');
+  const img = document.getElementById('txm-preview-img');
+  const mapper = Bokeh.documents[0].get_model_by_name('follow-energy-mapper');
+  return {alt: img.alt, src: img.src, text: box.innerText, display: getComputedStyle(box).display,
+          limits: [mapper.low, mapper.high], preview_ms: window.__previewMs, hidden_ms: window.__previewHiddenMs,
+          preview_paint_ms: window.__previewPaintMs, paint_ms: window.__paintMs}; }"""
+#: a preview pixel is a palette colour within this summed RGB distance (PNG is lossless: 0)
+PREVIEW_RGB_TOL = 3
+#: share of the preview's pixels within one palette colour of the map's (achieved 1.0)
+PREVIEW_MATCH_MIN = 0.98
+#: one animation frame (ms) at 60 Hz, with margin
+FRAME_MS = 20.0
 PAGE_TEXT_JS = """() => { const out = []; const walk = n => { if (n.shadowRoot) walk(n.shadowRoot);
   for (const c of n.children || []) { if (!['STYLE', 'SCRIPT', 'LINK'].includes(c.tagName)) walk(c); }
   if (n.nodeType === 1 && !n.children.length) out.push(n.textContent); }; walk(document.body); return out.join(' '); }"""
@@ -426,13 +457,24 @@ def test_picking_a_pixel_shows_its_spectrum(browser, viewer, beamline, tiled_ser
 
 
 def test_a_server_that_requires_an_api_key_refuses_a_viewer_without_it(browser, tiled_server, monkeypatch):
+    from txm_live.viewer._first_view import FIRST_VIEWS, read_first_view
+    from txm_live.viewer._runs import TiledSource
+
     monkeypatch.delenv("TILED_API_KEY", raising=False)
+    # this process's cache holds the newest run's maps as read with the key (what a page of
+    # a keyed viewer here would show as its preview) ...
+    keyed = TiledSource(tiled_server.uri)
+    view = read_first_view(keyed)
+    assert view is not None and "whiteline" in view.maps
+    FIRST_VIEWS.put(keyed.cache_key, view)
     keyless = ServedViewer(tiled_server.uri.split("?")[0])
     try:
         page = browser.new_page()
         page.goto(keyless.url)
         banner = wait_text(page, ".tiled-banner", "refused")
         assert "API key" in banner
+        # ... but a page without the key gets no preview (nor any other map)
+        assert page.evaluate("() => document.getElementById('txm-preview') === null")
         shot(page, "5-no-api-key.png")
         # the control of assert_all_drawn: views that have nothing to show draw 2-4 colours
         page.wait_for_function(f"() => ({SOURCE_JS})('follow-raw-source') !== null", timeout=WAIT_MS)
@@ -463,7 +505,56 @@ def test_an_unknown_run_is_reported_and_the_page_recovers(browser, viewer, beaml
     page.close()
 
 
-def test_a_failed_analysis_is_shown_with_its_error(browser, viewer, beamline, monkeypatch, figures):
+def _decoded_preview_index(src: str) -> np.ndarray:
+    """The ``Viridis256`` index of each pixel of a ``data:image/png`` preview (-1: transparent)."""
+    import base64
+    import io
+
+    import matplotlib.image
+    from bokeh.palettes import Viridis256
+
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    rgba = np.round(matplotlib.image.imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
+                    * 255).astype(int)
+    lut = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in Viridis256])
+    distance = np.abs(rgba[..., None, :3] - lut).sum(axis=-1)
+    index = np.argmin(distance, axis=-1)
+    assert np.all(distance.min(axis=-1)[rgba[..., 3] > 0] <= PREVIEW_RGB_TOL)  # only palette colours
+    return np.where(rgba[..., 3] > 0, index, -1)
+
+
+def _colour_index(values, lo: float, hi: float) -> np.ndarray:
+    """Bokeh's LinearColorMapper on 256 colours (-1: NaN, shown transparent)."""
+    with np.errstate(invalid="ignore"):
+        index = np.clip(np.floor((values - lo) / (hi - lo) * 256), 0, 255)
+    return np.where(np.isfinite(values), index, -1).astype(int)
+
+
+def _assert_preview_shows_the_newest_maps(shown: dict, beamline, client, figures) -> None:
+    """The preview names the newest run, shows its whiteline map in the page's colours (pixel
+    by pixel), was displayed, and was hidden once the interactive map was drawn."""
+    uid = beamline["starts"][-1]
+    assert uid in shown["alt"] and "loading interactive view" in shown["text"], shown["alt"]
+    assert shown["preview_ms"] is not None and shown["preview_paint_ms"] is not None  # it was displayed
+    # hidden once the interactive map was drawn, not before (both probes run on animation frames)
+    assert shown["hidden_ms"] >= shown["paint_ms"] - FRAME_MS and shown["display"] == "none", shown
+    decoded = _decoded_preview_index(shown["src"])
+    lo, hi = shown["limits"]  # the interactive maps' colour scale on the page
+    results = {}
+    for name, run_uid in (("newest", uid), ("previous run", beamline["starts"][-2])):
+        analysis = beamline["live"].analysis_uids[run_uid][0]
+        truth = np.asarray(client[f"{analysis}/maps/whiteline"][-1], dtype=float)  # 128²: stride 1
+        assert decoded.shape == truth.shape
+        expected = _colour_index(truth, lo, hi)
+        results[name] = float(np.mean(np.abs(decoded - expected) <= 1))
+    figures["preview_pixels_within_one_colour"] = results
+    # achieved: 1.0 of the newest run's pixels within one of 256 colours (float rounding at
+    # a bin edge); the previous run's map (the same sample, another scan: noise): 0.62
+    assert results["newest"] >= PREVIEW_MATCH_MIN, results
+    assert results["previous run"] < PREVIEW_MATCH_MIN, results  # negative control
+
+
+def test_a_failed_analysis_is_shown_with_its_error(browser, viewer, beamline, tiled_server, monkeypatch, figures):
     import txm_live.analysis._partial as partial
     import txm_live.analysis._pipeline as pipeline
 
@@ -475,11 +566,17 @@ def test_a_failed_analysis_is_shown_with_its_error(browser, viewer, beamline, mo
     page = browser.new_page(viewport={"width": 1500, "height": 1400})
     page.add_init_script(PAINT_PROBE_JS)  # a new page has a fresh profile: a cold first paint
     page.goto(viewer.url)
-    # the page shows the newest run's maps (the second scan of the follow test) as it opens
-    page.wait_for_function("() => window.__paintMs !== null", timeout=WAIT_MS)
-    figures["first_paint_cold_128px_s"] = round(page.evaluate("() => window.__paintMs") / 1000, 2)
-    print(f"first paint of a 128² map, fresh browser profile: {figures['first_paint_cold_128px_s']} s "
+    # the page shows the newest run's maps (the second scan of the follow test) as it opens:
+    # first as the static preview in its HTML, then drawn by Bokeh, which hides the preview
+    page.wait_for_function("() => window.__paintMs !== null && window.__previewHiddenMs !== null",
+                           timeout=WAIT_MS)
+    shown = page.evaluate(PREVIEW_JS)
+    figures["first_paint_cold_128px_s"] = round(shown["paint_ms"] / 1000, 2)
+    figures["preview_painted_cold_128px_s"] = round(shown["preview_paint_ms"] / 1000, 2)
+    print("fresh browser profile, 128² map: map visible (static preview painted) "
+          f"{figures['preview_painted_cold_128px_s']} s, interactive map drawn {figures['first_paint_cold_128px_s']} s "
           "(recorded, not asserted: benchmarks/bench_viewer.py times it)")
+    _assert_preview_shows_the_newest_maps(shown, beamline, tiled_server.client(), figures)
     thread, uid = _scan_in_thread(beamline, sample="failing analysis", energies=ENERGIES[::4])
     thread.join(120)
     wait_text(page, ".follow-header", uid[:8])

@@ -8,6 +8,7 @@ The browser tests show the cached maps drawn on a page (``test_viewer.py``).
 from __future__ import annotations
 
 import time
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -69,3 +70,44 @@ def test_the_view_rebuilds_its_run_without_a_request_and_titles_say_what_the_map
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="max_sources must be >= 1; got 0"):
         FirstViewCache(max_sources=0)
+
+
+def test_the_preview_png_is_the_whiteline_map_in_the_pages_colours():
+    """The static preview (``_preview``): each pixel is the ``Viridis256`` colour Bokeh's
+    LinearColorMapper gives the map's value under the automatic limits (1–99 % of whiteline
+    and edge together), NaN transparent; no view, or no whiteline map: no preview."""
+    import io
+
+    import matplotlib.image
+    from bokeh.document import Document
+    from bokeh.palettes import Viridis256
+
+    from txm_live.viewer._images import robust_limits
+    from txm_live.viewer._preview import add_preview, preview_limits, preview_png
+
+    rng = np.random.default_rng(1)
+    whiteline = (8340 + 3 * rng.standard_normal((24, 32))).astype(np.float32)
+    whiteline[3, 5] = np.nan
+    edge = whiteline - 4
+    tiles = {k: ImageTile(v, Region.full(v.shape), 1, v.shape) for k, v in (("whiteline", whiteline), ("edge", edge))}
+    view = dataclasses_replace(_view("run-a", 1, time.monotonic()), maps=tiles)
+    lo, hi = preview_limits(view)
+    assert (lo, hi) == robust_limits(np.r_[whiteline.ravel(), edge.ravel()].astype(float))
+    rgba = np.round(matplotlib.image.imread(io.BytesIO(preview_png(view)), format="png") * 255).astype(int)
+    assert rgba.shape == (24, 32, 4)
+    index = np.clip(np.floor((whiteline.astype(float) - lo) / (hi - lo) * 256), 0, 255)
+    lut = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in Viridis256])
+    finite = np.isfinite(whiteline)
+    np.testing.assert_array_equal(rgba[finite][:, :3], lut[index[finite].astype(int)])
+    assert rgba[3, 5, 3] == 0 and np.all(rgba[finite][:, 3] == 255)
+    # negative control: the transposed-order mapping (another map) does not match
+    assert not np.array_equal(rgba[finite][:, :3], lut[index[::-1][finite[::-1]].astype(int)])
+
+    doc = Document()
+    template = doc.template
+    assert add_preview(doc, None) is False and doc.template is template
+    no_whiteline = dataclasses_replace(view, maps={"edge": tiles["edge"]})
+    assert add_preview(doc, no_whiteline) is False and "txm_preview" not in doc.template_variables
+    assert add_preview(doc, view) is True
+    shown = doc.template_variables["txm_preview"]
+    assert "run-a" in shown["alt"] and shown["src"].startswith("data:image/png;base64,")

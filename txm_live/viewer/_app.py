@@ -24,6 +24,9 @@ raw frame, aligned stack, curves and export links are added once the browser has
 (:meth:`RunPanel.show_rest`), the browse tab's views when it is first opened. The maps of
 the newest run, as the last page read them, come with the first document
 (:mod:`~txm_live.viewer._first_view`), so they are drawn without waiting for Tiled.
+Panel's and Bokeh's JavaScript still take ~0.8 s, so a served page also carries that
+whiteline map as a PNG in its HTML (:mod:`~txm_live.viewer._preview`, from
+:attr:`ViewerApp.first_view`), shown until the interactive map is drawn.
 """
 from __future__ import annotations
 
@@ -110,6 +113,8 @@ class ViewerApp:
         self._build()
         self._callback = None
         self._open_at_start = run
+        #: what this page showed before reading Tiled (a FirstView, or None)
+        self.first_view = None
         # worker-thread state of the watch
         self._watch: TiledWatch | None = None
         self._watch_retry_at = 0.0
@@ -186,7 +191,8 @@ class ViewerApp:
     def _start(self) -> None:
         if self._open_at_start:
             self.open(self._open_at_start)
-        view = FIRST_VIEWS.get(self.source.cache_key)
+        view = FIRST_VIEWS.get(self.source.cache_key)  # read with this page's own credentials
+        self.first_view = view
         if view is not None:  # what an earlier page read: drawn with the page, corrected by the first poll
             self.follow.show_first_view(view.run(self.source), view)
         self._wake()  # the first read starts now, while the browser loads the page

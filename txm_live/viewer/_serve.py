@@ -2,6 +2,8 @@
 
 Panel's server (Bokeh's tornado server) runs on 127.0.0.1 by default; each browser tab
 gets its own :class:`~txm_live.viewer.ViewerApp` (own worker thread, own Tiled client).
+A page whose app starts from a cached first view gets its whiteline map as a static PNG
+in the HTML (:func:`~txm_live.viewer._preview.add_preview`).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def serve_viewer(tiled, *, port: int = DEFAULT_PORT, address: str = "127.0.0.1",
 
     from ._app import POLL_INTERVAL_S, ViewerApp
     from ._first_view import warm_first_view
+    from ._preview import add_preview
     from ._runs import TiledSource
 
     if not isinstance(port, int) or not 0 <= port < 65536:
@@ -67,7 +70,9 @@ def serve_viewer(tiled, *, port: int = DEFAULT_PORT, address: str = "127.0.0.1",
         pn.extension("tabulator")
         args = pn.state.session_args or {}
         run = (args.get("run") or [b""])[0].decode(errors="replace") or None
-        return ViewerApp(str(tiled), api_key=key, run=run, poll_interval_s=interval).layout
+        app = ViewerApp(str(tiled), api_key=key, run=run, poll_interval_s=interval)
+        add_preview(pn.state.curdoc, app.first_view)  # the map as a PNG in the HTML, until drawn
+        return app.layout
 
     warm_source = TiledSource(str(tiled), api_key=key)  # the first page's maps, read while nobody waits
     warm_first_view(warm_source, warm_source.cache_key)
