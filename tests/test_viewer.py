@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from simulators.beamline import make_sim_beamline  # noqa: E402
@@ -203,6 +204,22 @@ def wait_text(page, css: str, needle: str, timeout_ms: int = WAIT_MS) -> str:
         const e = find(document.documentElement); return e && ({TEXT_JS})(e).includes({needle!r}); }}""",
                            timeout=timeout_ms, polling=100)
     return text(page, css)
+
+
+def click_pixel(page, prefix: str, row: int, col: int, *, tries: int = 3) -> None:
+    """Click map pixel (row, col) until the page names it as picked. The position is
+    measured again before each click: on a loaded machine the views that arrive after
+    the first paint can still move the map between measuring and clicking (a full-suite
+    run clicked beside it once and waited 90 s in vain)."""
+    for attempt in range(tries):
+        xy = page.evaluate(XY_JS, [f"{prefix}-map-whiteline-figure", col + 0.5, row + 0.5])
+        page.mouse.click(*xy)
+        try:
+            wait_text(page, f".{prefix}-pick", f"row {row}, column {col}", timeout_ms=15_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == tries - 1:
+                raise
 
 
 def map_pixels(page, prefix: str = "follow") -> int:
@@ -423,9 +440,7 @@ def test_picking_a_pixel_shows_its_spectrum(browser, viewer, beamline, tiled_ser
     jump = np.nan_to_num(client[f"{analysis}/maps/edge_jump"][-1])
     inside = ndimage.binary_erosion(jump > 0.5 * jump.max(), iterations=4)
     row, col = np.unravel_index(np.argmax(np.where(inside, jump, 0)), jump.shape)
-    xy = page.evaluate(XY_JS, ["browse-map-whiteline-figure", col + 0.5, row + 0.5])
-    page.mouse.click(*xy)
-    wait_text(page, ".browse-pick", f"row {row}, column {col}")
+    click_pixel(page, "browse", row, col)
     assert_all_drawn(page, "browse")
     spectrum = page.evaluate(ARRAY_JS, "browse-pixel-spectrum")
     shot(page, "4-picked-pixel-spectrum.png")
