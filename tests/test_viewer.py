@@ -206,18 +206,32 @@ def wait_text(page, css: str, needle: str, timeout_ms: int = WAIT_MS) -> str:
     return text(page, css)
 
 
+#: Scrolls a Bokeh figure's canvas into the middle of the viewport (a click outside the
+#: viewport reaches nothing) and returns its bounding box.
+SCROLL_JS = """name => { const v = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name(name));
+  v.canvas_view.el.scrollIntoView({block: 'center', inline: 'center'});
+  const r = v.canvas_view.el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }"""
+
+
 def click_pixel(page, prefix: str, row: int, col: int, *, tries: int = 3) -> None:
-    """Click map pixel (row, col) until the page names it as picked. The position is
-    measured again before each click: on a loaded machine the views that arrive after
-    the first paint can still move the map between measuring and clicking (a full-suite
-    run clicked beside it once and waited 90 s in vain)."""
+    """Click map pixel (row, col) until the page names it as picked. The map is scrolled
+    into view and its position measured again before each click: on a loaded machine the
+    views that arrive after the first paint can still move the map between measuring and
+    clicking (a full-suite run clicked beside it once and waited 90 s in vain). A failed
+    try leaves a screenshot and the positions for review."""
+    name = f"{prefix}-map-whiteline-figure"
     for attempt in range(tries):
-        xy = page.evaluate(XY_JS, [f"{prefix}-map-whiteline-figure", col + 0.5, row + 0.5])
+        box = page.evaluate(SCROLL_JS, name)
+        xy = page.evaluate(XY_JS, [name, col + 0.5, row + 0.5])
         page.mouse.click(*xy)
         try:
             wait_text(page, f".{prefix}-pick", f"row {row}, column {col}", timeout_ms=15_000)
             return
         except PlaywrightTimeoutError:
+            shot(page, f"pick-try-{attempt}-failed.png")
+            shown = page.evaluate(f"() => document.body.innerText.includes('picked pixel')")
+            print(f"pick try {attempt}: canvas box {box}, clicked {xy}, viewport {page.viewport_size}, "
+                  f"a pick shown anywhere: {shown}")
             if attempt == tries - 1:
                 raise
 
