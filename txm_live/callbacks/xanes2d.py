@@ -159,17 +159,9 @@ class Xanes2DAnalysis(GuardedFrameAnalysis):
 
     def _add(self, refs: list[FrameRef]) -> None:
         """Read the frames (contiguous rows in one read) and hand them to the pipeline."""
-        i = 0
-        while i < len(refs):
-            j = i + 1
-            while (j < len(refs) and refs[j].uri == refs[i].uri and refs[j].dataset == refs[i].dataset
-                   and refs[j].row == refs[j - 1].row + 1):
-                j += 1
-            images = self._reader.read(refs[i].uri, refs[i].dataset, refs[i].row, refs[j - 1].row + 1)
-            for ref, image in zip(refs[i:j], images):
-                self._check_energy(ref)
-                self._handle(self.pipeline.add_frame(ref.label, image, source=(ref.stream, ref.row)))
-            i = j
+        for ref, image in self._reader.read_refs(refs):
+            self._check_energy(ref)
+            self._handle(self.pipeline.add_frame(ref.label, image, source=(ref.stream, ref.row)))
 
     def _check_energy(self, ref: FrameRef) -> None:
         label = ref.label
