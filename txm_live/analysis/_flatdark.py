@@ -256,22 +256,9 @@ def flat_dark_correct(
         raise ValueError(f"zinger_sigma must be > 0 or None; got {zinger_sigma!r}")
     if saturation_counts is not None and not saturation_counts > 0:
         raise ValueError(f"saturation_counts must be > 0 counts or None; got {saturation_counts!r}")
-    fr_in = np.asarray(frames)
-    single = fr_in.ndim == 2
-    fr = _as_3d(fr_in, "frames")
-    fl = _as_3d(flats, "flats")
-    dk = _as_3d(darks, "darks")
-    img_shape = fr.shape[1:]
-    for name, a in (("flats", fl), ("darks", dk)):
-        if a.shape[1:] != img_shape:
-            raise ValueError(
-                f"{name} image shape {a.shape[1:]} does not match the frames' {img_shape}"
-            )
-    out_dtype = np.dtype(dtype) if dtype is not None else (
-        np.dtype(np.float64) if np.float64 in (fr.dtype, fl.dtype, dk.dtype) else np.dtype(np.float32)
-    )
-    if out_dtype.kind != "f":
-        raise ValueError(f"dtype must be a float dtype; got {out_dtype}")
+    single = np.asarray(frames).ndim == 2
+    fr, fl, dk = _matching_stacks(frames, flats, darks)
+    out_dtype = _output_dtype(dtype, fr, fl, dk)
     if saturation_counts is None:
         levels = [v for v in (full_scale_counts(fr.dtype), full_scale_counts(fl.dtype)) if v is not None]
         saturation_counts = min(levels) if levels else np.inf
@@ -279,51 +266,95 @@ def flat_dark_correct(
     per_frame = (flat_mode == "per_frame") or (flat_mode == "auto" and m == n and n > 1)
     if per_frame and m != n:
         raise ValueError(f"flat_mode='per_frame' needs one flat per frame; got {m} flats for {n} frames")
+    dark = _combined_dark(dk, out_dtype, zinger_sigma)
+    clean = _Cleaner(dark, out_dtype, zinger_sigma)
+    flat = None if per_frame else clean.flat(np.median(fl, axis=0) if m > 1 else fl[0], None)
+    out = np.empty(fr.shape, dtype=out_dtype)
+    valid = np.empty(fr.shape, dtype=bool)
+    n_saturated = 0
+    for i in range(n):
+        if per_frame:
+            flat = clean.flat(fl[i], i)
+        img = clean(fr[i])
+        _absorbance_kernel(img, flat, dark, out[i], valid[i])
+        n_saturated += _mark_saturated(flat, saturation_counts, out[i], valid[i])
+        n_saturated += _mark_saturated(img, saturation_counts, out[i], valid[i])
+    _warn_unusable(valid, n_saturated, saturation_counts)
+    if single:
+        out, valid = out[0], valid[0]
+    return (out, valid) if return_mask else out
 
+
+def _matching_stacks(frames, flats, darks):
+    """Frames, flats and darks as 3-D stacks of one image shape (ValueError otherwise)."""
+    fr, fl, dk = _as_3d(frames, "frames"), _as_3d(flats, "flats"), _as_3d(darks, "darks")
+    for name, a in (("flats", fl), ("darks", dk)):
+        if a.shape[1:] != fr.shape[1:]:
+            raise ValueError(
+                f"{name} image shape {a.shape[1:]} does not match the frames' {fr.shape[1:]}"
+            )
+    return fr, fl, dk
+
+
+def _output_dtype(dtype, *stacks) -> np.dtype:
+    out_dtype = np.dtype(dtype) if dtype is not None else (
+        np.dtype(np.float64) if any(a.dtype == np.float64 for a in stacks) else np.dtype(np.float32)
+    )
+    if out_dtype.kind != "f":
+        raise ValueError(f"dtype must be a float dtype; got {out_dtype}")
+    return out_dtype
+
+
+def _combined_dark(dk, out_dtype, zinger_sigma):
+    """The per-pixel median of the darks; with fewer than 3 darks the median cannot
+    reject a zinger, so the dark itself is cleaned."""
     dark = (np.median(dk, axis=0) if dk.shape[0] > 1 else dk[0]).astype(out_dtype)
     if dk.shape[0] < 3 and zinger_sigma is not None:
         dark, _ = remove_zingers(dark, None, sigma=zinger_sigma)
         dark = dark.astype(out_dtype, copy=False)
+    return dark
 
-    def clean(img):
+
+class _Cleaner:
+    """Zinger removal of frames and flats against one dark (a copy in ``out_dtype``;
+    the input as it is when ``zinger_sigma`` is None)."""
+
+    def __init__(self, dark, out_dtype, zinger_sigma):
+        self.dark, self.out_dtype, self.zinger_sigma = dark, out_dtype, zinger_sigma
+
+    def __call__(self, img):
         img = np.asarray(img)
-        if zinger_sigma is None:
-            return img.astype(out_dtype, copy=False), 0
-        out = np.empty(img.shape, out_dtype)
-        return out, int(_zinger_kernel(img, dark, float(zinger_sigma), out))
+        if self.zinger_sigma is None:
+            return img.astype(self.out_dtype, copy=False)
+        out = np.empty(img.shape, self.out_dtype)
+        _zinger_kernel(img, self.dark, float(self.zinger_sigma), out)
+        return out
 
-    n_zing = n_saturated = 0
-    if not per_frame:
-        flat = np.median(fl, axis=0) if m > 1 else fl[0]
-        flat, nz = clean(flat)
-        n_zing += nz
-        if not np.any(flat - dark > 0):
-            raise ValueError(
-                "flat field is not above the dark in any pixel (all-zero or missing flats?): "
-                f"flat range {np.nanmin(flat):g} to {np.nanmax(flat):g}, dark median {np.median(dark):g}"
-            )
-    out = np.empty(fr.shape, dtype=out_dtype)
-    valid = np.empty(fr.shape, dtype=bool)
-    for i in range(n):
-        if per_frame:
-            flat, nz = clean(fl[i])
-            n_zing += nz
-            if not np.any(flat - dark > 0):
+    def flat(self, flat, index):
+        """A cleaned flat, checked to be above the dark somewhere (``index``: which of
+        the per-frame flats, None for the combined one)."""
+        flat = self(flat)
+        if not np.any(flat - self.dark > 0):
+            if index is None:
                 raise ValueError(
-                    f"flat {i} is not above the dark in any pixel (all-zero flat?): "
-                    f"flat range {np.nanmin(flat):g} to {np.nanmax(flat):g}"
+                    "flat field is not above the dark in any pixel (all-zero or missing flats?): "
+                    f"flat range {np.nanmin(flat):g} to {np.nanmax(flat):g}, dark median {np.median(self.dark):g}"
                 )
-        img, nz = clean(fr[i])
-        n_zing += nz
-        _absorbance_kernel(img, flat, dark, out[i], valid[i])
-        n_saturated += _mark_saturated(flat, saturation_counts, out[i], valid[i])
-        n_saturated += _mark_saturated(img, saturation_counts, out[i], valid[i])
+            raise ValueError(
+                f"flat {index} is not above the dark in any pixel (all-zero flat?): "
+                f"flat range {np.nanmin(flat):g} to {np.nanmax(flat):g}"
+            )
+        return flat
+
+
+def _warn_unusable(valid, n_saturated: int, saturation_counts) -> None:
+    """Say how many pixels are NaN, saturated ones apart from the others."""
     if n_saturated:
         warnings.warn(
             f"{n_saturated} of {valid.size} pixels set to NaN: the flat or the frame is saturated "
             f"(>= {saturation_counts:g} counts), so their absorbance cannot be measured",
             SaturationWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     n_bad = int(valid.size - np.count_nonzero(valid)) - n_saturated
     if n_bad:
@@ -331,11 +362,8 @@ def flat_dark_correct(
             f"{n_bad} of {valid.size} pixels set to NaN (flat or sample not above the "
             f"dark, or non-finite input)",
             FlatDarkWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if single:
-        out, valid = out[0], valid[0]
-    return (out, valid) if return_mask else out
 
 
 def transmission_to_absorbance(transmission, *, dtype=None):
